@@ -1,0 +1,87 @@
+import pytest
+import torch
+
+from utils import data
+
+
+@pytest.fixture(scope="module")
+def train_split(mnist):
+    return mnist[0]
+
+
+def test_batches_shapes_dtype_and_len(train_split):
+    loader = data.DeviceLoader(*train_split, batch_size=128)
+    assert len(loader) == 469
+    batches = list(loader)
+    assert len(batches) == 469
+    x, y = batches[0]
+    assert x.shape == (128, 1, 28, 28) and x.dtype == torch.float32
+    assert y.shape == (128,) and y.dtype == torch.int64
+    assert batches[-1][0].shape[0] == 60000 - 468 * 128
+
+
+def test_normalization_matches_mnist_statistics(train_split):
+    loader = data.DeviceLoader(*train_split)
+    assert loader.x.mean().item() == pytest.approx(0.0, abs=2e-3)
+    assert loader.x.std().item() == pytest.approx(1.0, abs=5e-3)
+
+
+def test_no_augmentation_no_shuffle_is_the_data_itself(train_split):
+    images, labels = train_split
+    loader = data.DeviceLoader(images, labels, batch_size=1000, shuffle=False, limit=3000)
+    x = torch.cat([b[0] for b in loader])
+    y = torch.cat([b[1] for b in loader])
+    expected = (images[:3000].float() / 255 - data.MEAN) / data.STD
+    assert torch.allclose(x.squeeze(1), expected, atol=1e-6)
+    assert torch.equal(y, labels[:3000])
+
+
+def test_zero_knobs_affine_is_identity(train_split):
+    x = data.normalize(train_split[0][:16])
+    out = data.random_affine(x, torch.Generator().manual_seed(0))
+    assert torch.allclose(out, x, atol=1e-5)
+
+
+def test_augmentation_changes_images_but_keeps_background(train_split):
+    x = data.normalize(train_split[0][:64])
+    out = data.random_affine(x, torch.Generator().manual_seed(0), rotate=15, translate=0.1, scale=0.1)
+    assert out.shape == x.shape
+    assert not torch.allclose(out, x, atol=1e-3)
+    background = -data.MEAN / data.STD
+    assert out[:, :, 0, 0].sub(background).abs().max() < 1e-5  # corners stay background
+
+
+def _first_batches(seed, n=3, **augment):
+    fixed = torch.Generator().manual_seed(123)
+    images = torch.randint(0, 256, (1000, 28, 28), dtype=torch.uint8, generator=fixed)
+    labels = torch.arange(1000)
+    loader = data.DeviceLoader(images, labels, batch_size=100, seed=seed, **augment)
+    out = []
+    for _ in range(2):  # two epochs: the order must differ between them too
+        out += [b for _, b in zip(range(n), loader)]
+    return out
+
+
+@pytest.mark.parametrize("augment", [{}, {"rotate": 10, "translate": 0.1, "scale": 0.1}])
+def test_same_seed_same_batches(augment):
+    a, b = _first_batches(0, **augment), _first_batches(0, **augment)
+    for (xa, ya), (xb, yb) in zip(a, b):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    c = _first_batches(1, **augment)
+    assert not torch.equal(a[0][1], c[0][1])
+    assert not torch.equal(a[0][1], a[3][1])  # second epoch reshuffles
+
+
+def test_bad_loader_input_is_a_value_error(train_split):
+    with pytest.raises(ValueError, match="batch_size"):
+        data.DeviceLoader(*train_split, batch_size=0)
+    with pytest.raises(ValueError, match="labels"):
+        data.DeviceLoader(train_split[0][:10], train_split[1][:9])
+
+
+def test_classic_loader_yields_normalized_batches(data_dir):
+    loader = data.classic_loader(data_dir, train=False, batch_size=64, num_workers=0)
+    x, y = next(iter(loader))
+    assert x.shape == (64, 1, 28, 28) and y.shape == (64,)
+    fast = data.DeviceLoader(*data.load_mnist(data_dir, train=False), batch_size=64, shuffle=False)
+    assert torch.allclose(x, next(iter(fast))[0], atol=1e-5)

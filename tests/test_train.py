@@ -1,0 +1,114 @@
+import json
+
+import pytest
+import torch
+
+from utils import (
+    DeviceLoader,
+    check_run_config,
+    final_net,
+    fit,
+    pick_device,
+    save_json,
+    seed_everything,
+    summarize,
+)
+
+
+def _short_run(small_mnist, seed=0, epochs=2):
+    x, y, xt, yt = small_mnist
+    seed_everything(seed)
+    model = final_net()
+    train = DeviceLoader(x, y, batch_size=32, seed=seed, rotate=5)
+    test = DeviceLoader(xt, yt, batch_size=128, shuffle=False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, epochs=epochs, steps_per_epoch=len(train))
+    return fit(model, train, test, opt, epochs, sched, progress=False, log=None)
+
+
+def test_short_training_lowers_the_loss(small_mnist):
+    history = _short_run(small_mnist, epochs=3)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert history[-1]["test_loss"] < 2.30  # better than chance (ln 10)
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+
+
+def test_same_seed_identical_history_on_cpu(small_mnist):
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]
+    assert strip(_short_run(small_mnist, seed=3)) == strip(_short_run(small_mnist, seed=3))
+    assert strip(_short_run(small_mnist, seed=3)) != strip(_short_run(small_mnist, seed=4))
+
+
+def test_schedulers_step_per_batch_or_per_epoch(small_mnist):
+    x, y, xt, yt = small_mnist
+    train = DeviceLoader(x, y, batch_size=64)
+    test = DeviceLoader(xt, yt, batch_size=128, shuffle=False)
+    model = final_net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    step = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.1)
+    history = fit(model, train, test, opt, 3, step, progress=False, log=None)
+    assert [r["lr"] for r in history] == pytest.approx([0.1, 0.1, 0.01])
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    cycle = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, epochs=2, steps_per_epoch=len(train))
+    history = fit(model, train, test, opt, 2, cycle, progress=False, log=None)
+    assert history[0]["lr"] == pytest.approx(0.1 / 25)
+    assert cycle.last_epoch == 2 * len(train)  # stepped once per batch
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(epochs=0), "epochs must be between 1 and 15"),
+    (dict(epochs=16), "epochs must be between 1 and 15"),
+    (dict(epochs=2.5), "epochs must be an integer"),
+    (dict(batch_size=0), "batch_size must be >= 1"),
+    (dict(lr=0), "lr must be a number > 0"),
+    (dict(lr=-0.1), "lr must be a number > 0"),
+    (dict(device="tpu9"), "device"),
+    (dict(device="cuda:0" if not torch.cuda.is_available() else "bogus"), "device"),
+])
+def test_bad_run_config_is_a_clear_value_error(kwargs, message, tmp_path):
+    args = dict(epochs=15, batch_size=128, lr=0.1, device="cpu", data_dir=tmp_path / "data")
+    with pytest.raises(ValueError, match=message):
+        check_run_config(**{**args, **kwargs})
+    assert not (tmp_path / "data").exists()  # nothing written before the error
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
+def test_cuda_without_cuda_says_so():
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        pick_device("cuda")
+
+
+def test_auto_device_is_usable():
+    assert pick_device("auto").type in ("cpu", "cuda", "mps")
+
+
+def test_unwritable_data_dir_rejected_before_work(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="data_dir"):
+        check_run_config(15, 128, 0.1, "cpu", tmp_path / "file" / "data")
+
+
+def test_summary_figures():
+    hist = [dict(epoch=i, train_acc=90 + i, test_acc=99.0 + i / 20, seconds=1.0) for i in range(1, 16)]
+    s = summarize(hist)
+    assert s["epochs"] == 15 and s["best_train_acc"] == 105
+    assert s["last_test_accs"] == [99.55, 99.6, 99.65, 99.7, 99.75]
+    assert s["last_min_test_acc"] == 99.55 and s["holds_bar"]
+    hist[-3]["test_acc"] = 99.39
+    assert not summarize(hist)["holds_bar"]
+    with pytest.raises(ValueError):
+        summarize([])
+
+
+def test_atomic_save_keeps_old_file_when_interrupted(tmp_path, monkeypatch):
+    path = save_json(tmp_path / "r.json", {"ok": 1})
+
+    def boom(*_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("os.replace", boom)
+    with pytest.raises(KeyboardInterrupt):
+        save_json(path, {"ok": 2})
+    assert json.loads(path.read_text()) == {"ok": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temp file left behind

@@ -1,0 +1,111 @@
+"""Generated documentation: each notebook's Result block and the README's tables.
+
+Nothing here holds a number of its own: everything is read from ``results/*.json`` and the
+models. Run ``python -m utils.report`` after results change (``make run`` does it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from pathlib import Path
+
+import nbformat
+
+from .models import final_net
+from .results import BAR, load_results
+from .summary import receptive_field, receptive_field_markdown, summary_table
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Prose per step (no figures): what it aimed at and what it changed.
+STEPS = {
+    "01_skeleton": ("Skeleton", "working pipeline", "plain conv net, 7×7 conv classifier"),
+    "02_lighter": ("Lighter", "< 10k params", "narrower + 5×5 classifier conv"),
+    "03_regularized": ("Regularized", "< 8k, regularize", "BN, dropout 0.05, ±7° rotation, GAP head"),
+    "04_lr_scheduled": ("LR-scheduled", "≥ 99.40 % last 5, < 8k", "OneCycleLR (peak 0.1), Nesterov"),
+    "05_final": ("Final", "≥ 99.40 % last 5, ≤ 5k", "narrower net, same recipe"),
+}
+
+
+def replace_between(text: str, marker: str, body: str) -> str:
+    """Replace what lies between ``<!-- marker:start -->`` and ``<!-- marker:end -->``."""
+    pattern = re.compile(rf"(<!-- {marker}:start -->\n).*?(<!-- {marker}:end -->)", re.S)
+    if not pattern.search(text):
+        raise ValueError(f"markers <!-- {marker}:start/end --> not found")
+    return pattern.sub(lambda m: m.group(1) + body.rstrip("\n") + "\n" + m.group(2), text)
+
+
+def result_block(res: dict) -> str:
+    s = res["summary"]
+    last = ", ".join(f"{a:.2f}" for a in s["last_test_accs"])
+    verdict = (f"**holds** the {BAR:.2f} % bar" if s["holds_bar"]
+               else f"does **not** hold the {BAR:.2f} % bar")
+    return "\n".join([
+        f"- Parameters: **{res['params']:,}**; epochs run: **{s['epochs']}**",
+        f"- Best train accuracy: **{s['best_train_acc']:.2f} %**; best test accuracy: "
+        f"**{s['best_test_acc']:.2f} %**",
+        f"- Test accuracy in the last {len(s['last_test_accs'])} epochs: {last} — minimum "
+        f"**{s['last_min_test_acc']:.2f} %**, so this run {verdict}",
+        f"- Trained on: {res.get('machine', 'unknown')}, {s['seconds']:.0f} s of training",
+    ])
+
+
+def fill_notebook_result(notebook: Path, res: dict) -> bool:
+    """Write the Result block of ``notebook``'s first cell from its results; True if it changed."""
+    nb = nbformat.read(notebook, as_version=4)
+    cell = nb.cells[0]
+    new = replace_between(cell.source, "result", result_block(res))
+    if new == cell.source:
+        return False
+    cell.source = new
+    nbformat.write(nb, notebook)
+    return True
+
+
+def results_table(results_dir: Path) -> str:
+    rows = ["| step | target | params | best train | best test | last-5 min | holds 99.40 % | key change |",
+            "|---|---|--:|--:|--:|--:|:-:|---|"]
+    for name, (step, target, change) in STEPS.items():
+        path = results_dir / f"{name}.json"
+        if not path.exists():
+            rows.append(f"| {step} | {target} | – | – | – | – | not run | {change} |")
+            continue
+        res = load_results(path)
+        s = res["summary"]
+        holds = "yes" if s["holds_bar"] else "no"
+        rows.append(
+            f"| [{step}](notebooks/{name}.ipynb) | {target} | {res['params']:,} "
+            f"| {s['best_train_acc']:.2f} | {s['best_test_acc']:.2f} | {s['last_min_test_acc']:.2f} "
+            f"| {holds} | {change} |")
+    return "\n".join(rows)
+
+
+def final_model_tables() -> str:
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        summary_table(final_net())
+    return (f"```\n{buf.getvalue().strip()}\n```\n\nReceptive field, computed from the model "
+            f"(`utils.receptive_field`):\n\n{receptive_field_markdown(receptive_field(final_net()))}")
+
+
+def update_readme(readme: Path = REPO / "README.md", results_dir: Path = REPO / "results") -> None:
+    text = readme.read_text()
+    text = replace_between(text, "results-table", results_table(results_dir))
+    text = replace_between(text, "final-model", final_model_tables())
+    readme.write_text(text)
+
+
+def main(repo: Path = REPO) -> None:
+    for name in STEPS:
+        path = repo / "results" / f"{name}.json"
+        if path.exists():
+            changed = fill_notebook_result(repo / "notebooks" / f"{name}.ipynb", load_results(path))
+            print(f"{name}: Result block {'updated' if changed else 'up to date'}")
+    update_readme(repo / "README.md", repo / "results")
+    print("README tables regenerated from results/*.json")
+
+
+if __name__ == "__main__":
+    main()

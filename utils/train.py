@@ -1,0 +1,129 @@
+"""Devices, seeding, argument checks, one epoch of training, evaluation, and ``fit``."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.optim import lr_scheduler
+from tqdm.auto import tqdm
+
+from .data import check_data_dir
+
+MAX_EPOCHS = 15  # the exercise's budget
+PER_BATCH_SCHEDULERS = (lr_scheduler.OneCycleLR, lr_scheduler.CyclicLR)
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """``"auto"`` -> CUDA, else Apple MPS, else CPU. An unavailable or unknown device is a ValueError."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'mps'") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for, but CUDA is not available here; use 'auto' or 'cpu'")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps' asked for, but MPS is not available here; use 'auto' or 'cpu'")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unsupported device {device!r}: use 'auto', 'cpu', 'cuda' or 'mps'")
+    return dev
+
+
+def check_run_config(epochs: int, batch_size: int, lr: float, device: str = "auto",
+                     data_dir: str = "data", max_epochs: int = MAX_EPOCHS) -> torch.device:
+    """Validate a run's parameters before any data is loaded or file written; return the device."""
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+    if not 1 <= epochs <= max_epochs:
+        raise ValueError(f"epochs must be between 1 and {max_epochs}, got {epochs}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise ValueError(f"lr must be a number > 0, got {lr!r}")
+    dev = pick_device(device)
+    check_data_dir(data_dir)
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python and torch (all devices). A CPU run with the same seed repeats exactly."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train_epoch(model, loader, optimizer, scheduler=None, progress=True, desc="train"):
+    """One pass over ``loader``; steps a per-batch scheduler if given. Returns (loss, accuracy %)."""
+    model.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    bar = tqdm(loader, desc=desc, leave=False, disable=not progress)
+    for x, y in bar:
+        optimizer.zero_grad(set_to_none=True)
+        out = model(x)
+        loss = F.nll_loss(out, y)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        # Accumulate on the device; one sync per epoch instead of one per batch.
+        total_loss += loss.detach() * len(y)
+        correct += (out.argmax(1) == y).sum()
+        seen += len(y)
+        if progress and bar.n % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}", acc=f"{100 * float(correct) / seen:.2f}")
+    return float(total_loss) / seen, 100.0 * float(correct) / seen
+
+
+@torch.no_grad()
+def evaluate(model, loader):
+    """Mean loss and accuracy % over ``loader`` in eval mode."""
+    model.eval()
+    total_loss, correct, seen = 0.0, 0, 0
+    for x, y in loader:
+        out = model(x)
+        total_loss += F.nll_loss(out, y, reduction="sum")
+        correct += (out.argmax(1) == y).sum()
+        seen += len(y)
+    return float(total_loss) / seen, 100.0 * float(correct) / seen
+
+
+def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None,
+        scheduler_per_batch=None, progress=True, log=print):
+    """Train for ``epochs`` epochs; return the history, one dict per epoch.
+
+    ``scheduler_per_batch``: None decides from the type (OneCycleLR/CyclicLR step every batch,
+    others every epoch; ReduceLROnPlateau gets the test loss).
+    """
+    if scheduler_per_batch is None:
+        scheduler_per_batch = isinstance(scheduler, PER_BATCH_SCHEDULERS)
+    history = []
+    epoch_bar = tqdm(range(1, epochs + 1), desc="epochs", disable=not progress)
+    for epoch in epoch_bar:
+        lr = optimizer.param_groups[0]["lr"]
+        start = time.perf_counter()
+        train_loss, train_acc = train_epoch(model, train_loader, optimizer,
+                                            scheduler if scheduler_per_batch else None,
+                                            progress=progress, desc=f"epoch {epoch}")
+        test_loss, test_acc = evaluate(model, test_loader)
+        seconds = time.perf_counter() - start
+        if scheduler is not None and not scheduler_per_batch:
+            if isinstance(scheduler, lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(test_loss)
+            else:
+                scheduler.step()
+        row = dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
+                   test_acc=test_acc, lr=lr, seconds=seconds)
+        history.append(row)
+        epoch_bar.set_postfix(test_acc=f"{test_acc:.2f}")
+        if log:
+            log(f"epoch {epoch:2d}  lr {lr:.4f}  train loss {train_loss:.4f} acc {train_acc:.2f}%  "
+                f"test loss {test_loss:.4f} acc {test_acc:.2f}%  ({seconds:.1f} s)")
+    return history
