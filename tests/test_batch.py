@@ -1,0 +1,94 @@
+"""The batch runner on a tiny configuration: real papermill runs of a small notebook."""
+
+import json
+
+import nbformat
+import pytest
+
+from utils import batch
+
+TINY = '''import json, os, pathlib
+assert os.environ.get("OMP_NUM_THREADS")
+if fail_on_seed == seed:
+    raise RuntimeError(f"boom on seed {seed}")
+history = [dict(epoch=e, train_acc=99.0, test_acc=99.3 + seed / 10 + e / 100, seconds=0.1)
+           for e in range(1, epochs + 1)]
+from utils.results import save_results
+save_results(pathlib.Path(results_dir) / "tiny.json", "tiny", dict(lr=lr), 123, history)'''
+
+
+@pytest.fixture
+def tiny_notebook(tmp_path):
+    """A notebook with a parameters cell like the series' ones; it 'trains' instantly."""
+    nb = nbformat.v4.new_notebook()
+    setup = nbformat.v4.new_code_cell(f"import sys; sys.path.insert(0, {str(batch.REPO)!r})")
+    params = nbformat.v4.new_code_cell('epochs = 15\nlr = 0.1\nseed = 1\nfail_on_seed = -1\n'
+                                       'train_limit = None\nresults_dir = "results"\nimages_dir = "images"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [setup, params, nbformat.v4.new_code_cell(TINY)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "tiny.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def test_two_seeds_two_run_folders_and_summary(tiny_notebook, tmp_path):
+    out = tmp_path / "runs"
+    summary = batch.run_batch(tiny_notebook, [0, 1], [["epochs", "6"]], jobs=2, out_dir=out,
+                              summary_path=tmp_path / "seeds.json", plot_path=tmp_path / "seeds.png")
+    runs = sorted(p.name for p in (out / "tiny").iterdir() if p.is_dir())
+    assert runs == ["seed0", "seed1"]
+    for name in runs:
+        assert (out / "tiny" / name / "tiny.ipynb").is_file()
+        assert (out / "tiny" / name / "tiny.json").is_file()
+    assert summary["finished"] == 2 and summary["failed"] == 0
+    first = summary["runs"][0]
+    for key in ("final_test_acc", "last_min_test_acc", "best_test_acc", "seconds", "holds_bar"):
+        assert key in first
+    assert first["epochs"] == 6
+    assert first["last_min_test_acc"] == pytest.approx(99.32)  # epochs 2..6 of seed 0
+    assert summary["holding_bar"] == 1  # seed 1 holds (>= 99.41), seed 0 does not
+    assert set(summary["final_test_acc"]) == {"mean", "std"}
+    assert json.loads((tmp_path / "seeds.json").read_text()) == json.loads(
+        (out / "tiny" / "summary.json").read_text())
+    assert (tmp_path / "seeds.png").stat().st_size > 0
+
+
+def test_a_failing_run_is_reported_and_the_other_finishes(tiny_notebook, tmp_path):
+    summary = batch.run_batch(tiny_notebook, [0, 1], [["fail_on_seed", "0"]], out_dir=tmp_path)
+    failed, ok = summary["runs"]
+    assert failed["status"] == "failed" and "boom on seed 0" in failed["error"]
+    assert failed["notebook"].endswith("seed0/tiny.ipynb")
+    assert ok["status"] == "ok" and summary["finished"] == 1 and summary["failed"] == 1
+
+
+def test_grid_names_runs_by_varying_parameters(tiny_notebook):
+    runs = batch.plan_runs(tiny_notebook, [0, 1], [["lr", "0.05", "0.1"], ["epochs", "3"]])
+    assert [r["name"] for r in runs] == ["lr=0.05_seed0", "lr=0.05_seed1", "lr=0.1_seed0", "lr=0.1_seed1"]
+    assert runs[0]["parameters"] == {"lr": 0.05, "epochs": 3, "seed": 0}
+
+
+@pytest.mark.parametrize("seeds, grid, message", [
+    ([], [], "no seeds"),
+    ([0], [["momentum", "0.9"]], "unknown parameter 'momentum'"),
+    ([0], [["epochs", "three"]], "'three' is not of type int"),
+    ([0], [["epochs", "2.5"]], "is not of type int"),
+    ([0], [["lr", "fast"]], "is not of type float"),
+    ([0], [["seed", "3"]], "set by the runner"),
+])
+def test_bad_input_is_rejected_before_anything_runs(tiny_notebook, tmp_path, seeds, grid, message):
+    with pytest.raises(ValueError, match=message):
+        batch.run_batch(tiny_notebook, seeds, grid, out_dir=tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_notebook(tmp_path):
+    with pytest.raises(ValueError, match="not found"):
+        batch.plan_runs(tmp_path / "nope.ipynb", [0], [])
+
+
+def test_cli_reports_bad_input_as_usage_error(tiny_notebook, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        batch.main([str(tiny_notebook), "--seeds", "0", "-p", "bogus", "1"])
+    assert exit_info.value.code == 2
+    assert "unknown parameter 'bogus'" in capsys.readouterr().err

@@ -1,0 +1,219 @@
+"""Batch reruns of a notebook with papermill: seed studies and small parameter grids.
+
+    python -m utils.batch notebooks/05_final.ipynb --seeds 0 1 2 3 4
+    python -m utils.batch notebooks/05_final.ipynb --seeds 0 1 -p lr 0.05 0.1 -p epochs 15 --jobs 2
+
+Each run is executed into ``runs/<notebook>/<run name>/`` (git-ignored) together with its
+results JSON. The summary (per run and over runs) is printed and saved as
+``runs/<notebook>/summary.json`` (and to ``--summary`` if given). A run that raises is
+reported with its error and the path of its executed copy; the other runs go on. Ctrl-C
+stops launching runs; finished runs and their files stay as they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import itertools
+import json
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from multiprocessing import get_context
+from pathlib import Path
+
+import papermill as pm
+from tqdm.auto import tqdm
+
+from .experiment import SMOKE_ENV
+from .results import BAR, LAST_N, save_json
+
+REPO = Path(__file__).resolve().parents[1]
+# Parameters the runner sets itself for every run.
+RESERVED = {"seed", "results_dir", "images_dir"}
+
+
+def notebook_parameters(notebook: Path) -> dict:
+    """The notebook's ``parameters`` cell as ``{name: default value}``."""
+    params = pm.inspect_notebook(str(notebook))
+    if not params:
+        raise ValueError(f"{notebook} has no cell tagged 'parameters'")
+    return {name: ast.literal_eval(p["default"]) for name, p in params.items()}
+
+
+def parse_value(name: str, text: str, default):
+    """Read ``text`` as a Python literal of the same type as the notebook's default."""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text  # a bare word: a string
+    if default is None:  # e.g. train_limit = None: any literal
+        return value
+    expected = type(default)
+    if expected is float and type(value) is int:
+        return float(value)
+    if type(value) is not expected:
+        raise ValueError(f"parameter {name!r}: {text!r} is not of type {expected.__name__} "
+                         f"(the notebook's default is {default!r})")
+    return value
+
+
+def plan_runs(notebook: Path, seeds: list[int], grid: list[list[str]]) -> list[dict]:
+    """Validate everything and return one ``{name, parameters}`` per run, before anything runs."""
+    if not notebook.is_file():
+        raise ValueError(f"notebook {str(notebook)!r} not found")
+    if not seeds:
+        raise ValueError("no seeds: give at least one, e.g. --seeds 0 1 2")
+    defaults = notebook_parameters(notebook)
+    axes = {}
+    for name, *texts in grid:
+        if name not in defaults:
+            raise ValueError(f"unknown parameter {name!r} for {notebook.name}; "
+                             f"its parameters are: {', '.join(defaults)}")
+        if name in RESERVED:
+            raise ValueError(f"parameter {name!r} is set by the runner itself")
+        if not texts:
+            raise ValueError(f"parameter {name!r} needs at least one value")
+        axes[name] = [parse_value(name, t, defaults[name]) for t in texts]
+    runs = []
+    for combo in itertools.product(*axes.values()):
+        fixed = dict(zip(axes, combo))
+        for seed in seeds:
+            label = "_".join(f"{k}={v}" for k, v in fixed.items() if len(axes[k]) > 1)
+            runs.append(dict(name=f"{label}_seed{seed}" if label else f"seed{seed}",
+                             parameters={**fixed, "seed": seed}))
+    return runs
+
+
+def execute(notebook: str, run_dir: str, parameters: dict, threads: int) -> dict:
+    """Run one notebook (in a worker process) and return its record; never raises for the run's own errors."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by the kernel
+    os.environ.pop(SMOKE_ENV, None)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    output = run_dir / Path(notebook).name
+    parameters = {**parameters, "results_dir": str(run_dir), "images_dir": str(run_dir / "images")}
+    start = time.perf_counter()
+    record = dict(run=run_dir.name, parameters=parameters, notebook=str(output))
+    try:
+        pm.execute_notebook(notebook, output, parameters=parameters, cwd=str(Path(notebook).parent),
+                            progress_bar=False, kernel_name="python3")
+    except pm.PapermillExecutionError as exc:
+        return {**record, "status": "failed", "error": f"{exc.ename}: {exc.evalue}",
+                "seconds": round(time.perf_counter() - start, 1)}
+    except Exception as exc:  # noqa: BLE001 - e.g. a dead kernel: report, let others go on
+        return {**record, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
+                "seconds": round(time.perf_counter() - start, 1)}
+    results = sorted(run_dir.glob("*.json"))
+    if not results:
+        return {**record, "status": "failed", "error": "the notebook wrote no results JSON",
+                "seconds": round(time.perf_counter() - start, 1)}
+    res = json.loads(results[0].read_text())
+    s = res["summary"]
+    return {**record, "status": "ok", "params": res["params"], "final_test_acc": s["final_test_acc"],
+            "last_min_test_acc": s["last_min_test_acc"], "best_test_acc": s["best_test_acc"],
+            "holds_bar": s["holds_bar"], "epochs": s["epochs"], "seconds": round(time.perf_counter() - start, 1),
+            "test_acc": [round(r["test_acc"], 2) for r in res["history"]]}
+
+
+def _mean_std(values):
+    if not values:
+        return None
+    return dict(mean=round(statistics.mean(values), 3),
+                std=round(statistics.stdev(values), 3) if len(values) > 1 else 0.0)
+
+
+def summarize_runs(notebook: Path, records: list[dict]) -> dict:
+    ok = [r for r in records if r["status"] == "ok"]
+    return dict(
+        notebook=notebook.name, bar=BAR, last_n=LAST_N, runs=records,
+        finished=len(ok), failed=len(records) - len(ok),
+        holding_bar=sum(r["holds_bar"] for r in ok),
+        final_test_acc=_mean_std([r["final_test_acc"] for r in ok]),
+        last_min_test_acc=_mean_std([r["last_min_test_acc"] for r in ok]),
+        best_test_acc=_mean_std([r["best_test_acc"] for r in ok]),
+    )
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"{'run':<28} {'status':<7} {'final':>6} {'min last':>8} {'best':>6} {'seconds':>8}"]
+    for r in summary["runs"]:
+        if r["status"] == "ok":
+            lines.append(f"{r['run']:<28} {'ok':<7} {r['final_test_acc']:>6.2f} {r['last_min_test_acc']:>8.2f} "
+                         f"{r['best_test_acc']:>6.2f} {r['seconds']:>8.0f}")
+        else:
+            lines.append(f"{r['run']:<28} FAILED  {r['error']}\n{'':<28} executed copy: {r['notebook']}")
+    for key in ("final_test_acc", "last_min_test_acc", "best_test_acc"):
+        if summary[key]:
+            lines.append(f"{key}: {summary[key]['mean']:.2f} ± {summary[key]['std']:.2f} %")
+    lines.append(f"runs holding the bar (each of the last {summary['last_n']} epochs >= {summary['bar']:.2f} %): "
+                 f"{summary['holding_bar']} of {summary['finished']} finished ({summary['failed']} failed)")
+    return "\n".join(lines)
+
+
+def run_batch(notebook, seeds, grid=(), jobs=1, out_dir=REPO / "runs", summary_path=None,
+              plot_path=None) -> dict:
+    notebook = Path(notebook).resolve()
+    if jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+    runs = plan_runs(notebook, list(seeds), [list(g) for g in grid])
+    base = Path(out_dir) / notebook.stem
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    records = []
+    bar = tqdm(total=len(runs), desc=f"{notebook.stem} runs", unit="run")
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"))
+    try:
+        pending = {pool.submit(execute, str(notebook), str(base / r["name"]), r["parameters"], threads)
+                   for r in runs}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                record = future.result()
+                records.append(record)
+                bar.update()
+                if record["status"] != "ok":
+                    tqdm.write(f"{record['run']} FAILED: {record['error']} (see {record['notebook']})")
+    except KeyboardInterrupt:
+        tqdm.write("interrupted: no new runs; finished runs are kept")
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        bar.close()
+        order = {r["name"]: i for i, r in enumerate(runs)}
+        records.sort(key=lambda r: order[r["run"]])
+        summary = summarize_runs(notebook, records)
+        save_json(base / "summary.json", summary)
+        if summary_path:
+            save_json(summary_path, summary)
+        if plot_path and summary["finished"]:
+            from .plots import plot_seed_curves
+            curves = {r["run"]: [dict(epoch=i + 1, test_acc=a) for i, a in enumerate(r["test_acc"])]
+                      for r in records if r["status"] == "ok"}
+            plot_seed_curves(curves, title=f"{notebook.stem}: test accuracy per epoch", path=plot_path)
+    pool.shutdown()
+    print(format_summary(summary))
+    return summary
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Rerun a notebook for several seeds / parameter values.")
+    parser.add_argument("notebook", help="path of the notebook, e.g. notebooks/05_final.ipynb")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[], help="seeds, one run each")
+    parser.add_argument("-p", "--param", nargs="+", action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="a notebook parameter and one or more values (a grid axis)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
+    parser.add_argument("--out", default=str(REPO / "runs"), help="folder for the runs (default runs/)")
+    parser.add_argument("--summary", help="also save the summary JSON here (e.g. results/seeds.json)")
+    parser.add_argument("--plot", help="save a test-accuracy-per-epoch plot here (e.g. images/seeds.png)")
+    args = parser.parse_args(argv)
+    try:
+        summary = run_batch(args.notebook, args.seeds, args.param, args.jobs, args.out, args.summary, args.plot)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return 0 if summary["failed"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
