@@ -6,6 +6,7 @@ import torch
 from utils import (
     DeviceLoader,
     check_run_config,
+    evaluate,
     final_net,
     fit,
     pick_device,
@@ -112,3 +113,20 @@ def test_atomic_save_keeps_old_file_when_interrupted(tmp_path, monkeypatch):
         save_json(path, {"ok": 2})
     assert json.loads(path.read_text()) == {"ok": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temp file left behind
+
+
+def test_ema_model_is_what_was_tested_and_what_is_left(small_mnist):
+    x, y, xt, yt = small_mnist
+    test = DeviceLoader(xt, yt, batch_size=128, shuffle=False)
+    finals = []
+    for decay in (None, 0.9):
+        seed_everything(0)
+        model = final_net()
+        train = DeviceLoader(x, y, batch_size=32, seed=0)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        history = fit(model, train, test, opt, 2, ema_decay=decay, progress=False, log=None)
+        assert evaluate(model, test) == pytest.approx((history[-1]["test_loss"], history[-1]["test_acc"]))
+        finals.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert not torch.allclose(finals[0], finals[1])
+    with pytest.raises(ValueError, match="ema_decay"):
+        fit(model, train, test, opt, 1, ema_decay=1.5, progress=False, log=None)

@@ -1,0 +1,24 @@
+"""The benchmark on a tiny setting: it runs and reports every field (timings are not asserted)."""
+
+import json
+
+import pytest
+
+from utils import bench
+
+
+def test_tiny_benchmark_reports_all_fields(data_dir, tmp_path):
+    out = tmp_path / "bench.json"
+    report = bench.run_benchmark(data_dir=data_dir, batches=2, warmup=1, repeats=1, epochs=1,
+                                 train_limit=256, num_workers=0, out=out)
+    assert json.loads(out.read_text()) == report
+    for key in ("device", "machine", "torch", "threads", "speedup", "eval_seconds"):
+        assert key in report
+    for path in ("classic", "project"):
+        assert report[path]["images_per_s"] > 0 and report[path]["seconds_per_epoch"] > 0
+    assert report["full_run"]["epochs"] == 1 and report["full_run"]["train_images"] == 256
+
+
+def test_bad_benchmark_settings(data_dir):
+    with pytest.raises(ValueError, match=">= 1"):
+        bench.run_benchmark(data_dir=data_dir, batches=0, out=None)

@@ -1,0 +1,142 @@
+"""Benchmark: the classic DataLoader pipeline against the on-device loader, same model, same augmentation.
+
+    python -m utils.bench                       # full benchmark, saves results/bench.json
+    python -m utils.bench --no-full-run         # skip the 15-epoch training
+
+Both paths train the final model with ±7° random rotations and batch size 128:
+1. classic: torchvision MNIST + per-image RandomRotation/ToTensor/Normalize + DataLoader(num_workers=2);
+2. project: ``DeviceLoader`` (whole split on the device, rotation per batch with grid_sample).
+Each is timed over a fixed number of training batches after a warm-up, several times (median).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .data import DeviceLoader, classic_loader, load_mnist, mnist_loaders
+from .experiment import machine_description
+from .models import final_net
+from .results import save_json, summarize
+from .train import evaluate, fit, pick_device, seed_everything
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_IMAGES = 60_000
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_training_batches(loader, device, batches: int, warmup: int, repeats: int) -> dict:
+    """Median seconds for ``batches`` training steps of the final model fed by ``loader``."""
+    seed_everything(0)
+    model = final_net().to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model.train()
+
+    def steps(n, it):
+        for x, y in itertools.islice(it, n):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            F.nll_loss(model(x), y).backward()
+            optimizer.step()
+
+    times = []
+    for _ in range(repeats):
+        it = iter(loader)  # a fresh pass each time: worker start-up is part of the classic cost
+        steps(warmup, it)
+        _sync(device)
+        start = time.perf_counter()
+        steps(batches, it)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    images_per_s = batches * loader.batch_size / seconds
+    return dict(images_per_s=round(images_per_s, 1), seconds_per_epoch=round(TRAIN_IMAGES / images_per_s, 2),
+                timed_batches=batches, repeats=repeats, all_seconds=[round(t, 3) for t in times])
+
+
+def run_benchmark(device="auto", data_dir="data", batches=100, warmup=10, repeats=3, full_run=True,
+                  epochs=15, train_limit=None, num_workers=2, out=REPO / "results" / "bench.json") -> dict:
+    if min(batches, repeats, epochs) < 1 or warmup < 0:
+        raise ValueError("batches, repeats and epochs must be >= 1, warmup >= 0")
+    device = pick_device(device)
+    classic = classic_loader(data_dir, train=True, batch_size=128, rotate=7.0, num_workers=num_workers)
+    images, labels = load_mnist(data_dir, train=True)
+    project = DeviceLoader(images, labels, batch_size=128, device=device, rotate=7.0)
+    report = dict(device=str(device), machine=machine_description(device), torch=torch.__version__,
+                  threads=torch.get_num_threads(), python=platform.python_version(), batch_size=128,
+                  augmentation="random rotation ±7°", model="final_net")
+    print(f"benchmark on {report['machine']}, torch {report['torch']}, {report['threads']} threads")
+    report["classic"] = time_training_batches(classic, device, batches, warmup, repeats)
+    print(f"classic  DataLoader: {report['classic']['images_per_s']:>9.0f} img/s  "
+          f"{report['classic']['seconds_per_epoch']:6.2f} s/epoch")
+    report["project"] = time_training_batches(project, device, batches, warmup, repeats)
+    print(f"project  on-device : {report['project']['images_per_s']:>9.0f} img/s  "
+          f"{report['project']['seconds_per_epoch']:6.2f} s/epoch")
+    report["speedup"] = round(report["classic"]["seconds_per_epoch"] / report["project"]["seconds_per_epoch"], 2)
+    print(f"speed-up per epoch : {report['speedup']:.2f}x")
+
+    train_loader, test_loader = mnist_loaders(data_dir, batch_size=128, device=device, seed=1, rotate=7.0,
+                                              train_limit=train_limit)
+    model = final_net().to(device)
+    evaluate(model, test_loader)  # warm-up
+    _sync(device)
+    start = time.perf_counter()
+    evaluate(model, test_loader)
+    _sync(device)
+    report["eval_seconds"] = round(time.perf_counter() - start, 3)
+    print(f"test-set evaluation: {report['eval_seconds']:.2f} s (10,000 images, batches of 1000)")
+
+    if full_run:
+        seed_everything(1)
+        model = final_net().to(device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, epochs=epochs,
+                                                        steps_per_epoch=len(train_loader), pct_start=0.2)
+        start = time.perf_counter()
+        history = fit(model, train_loader, test_loader, optimizer, epochs, scheduler, progress=False, log=None)
+        _sync(device)
+        s = summarize(history)
+        report["full_run"] = dict(epochs=epochs, wall_seconds=round(time.perf_counter() - start, 1),
+                                  final_test_acc=s["final_test_acc"], last_min_test_acc=s["last_min_test_acc"],
+                                  train_images=len(train_loader.y))
+        print(f"full {epochs}-epoch training (train + eval each epoch): {report['full_run']['wall_seconds']:.1f} s, "
+              f"final test accuracy {s['final_test_acc']:.2f} %")
+    if out:
+        save_json(out, report)
+        print(f"saved {out}")
+    return report
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Classic DataLoader vs on-device loader, same model.")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--data-dir", default=str(REPO / "data"))
+    parser.add_argument("--batches", type=int, default=100, help="timed training batches per repeat")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=15, help="length of the full training run")
+    parser.add_argument("--no-full-run", action="store_true", help="skip the full training run")
+    parser.add_argument("--out", default=str(REPO / "results" / "bench.json"))
+    args = parser.parse_args(argv)
+    try:
+        run_benchmark(args.device, args.data_dir, args.batches, args.warmup, args.repeats,
+                      not args.no_full_run, args.epochs, out=args.out)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
