@@ -94,7 +94,7 @@ def regularized_net(dropout: float = 0.05) -> GapNet:
 
 
 def final_net(dropout: float = 0.0) -> GapNet:
-    """Step 5: the smallest net that holds 99.4 %."""
+    """Step 5: 6,040 parameters; narrower than steps 3-4 and tested through a weight average (EMA)."""
     return GapNet(c1=8, c2=12, squeeze=8, c3=12, c4=12, c5=12, c6=12, dropout=dropout)
 
 

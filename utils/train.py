@@ -8,7 +8,7 @@ import time
 import torch
 import torch.nn.functional as F
 from torch.optim import lr_scheduler
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from .data import check_data_dir
@@ -101,6 +101,17 @@ def evaluate(model, loader):
     return float(total_loss) / seen, 100.0 * float(correct) / seen
 
 
+def _ema_with_warmup(decay: float):
+    """EMA update whose decay ramps up over the first steps, so the average does not start out
+    dominated by the random initial weights: decay_n = min(decay, (1 + n) / (10 + n))."""
+
+    def update(averaged, current, num_averaged):
+        d = min(decay, (1 + float(num_averaged)) / (10 + float(num_averaged)))
+        return averaged * d + current * (1 - d)
+
+    return update
+
+
 def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None,
         scheduler_per_batch=None, ema_decay=None, progress=True, log=print):
     """Train for ``epochs`` epochs; return the history, one dict per epoch.
@@ -117,7 +128,7 @@ def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None,
     if ema_decay is not None:
         if not 0 < ema_decay < 1:
             raise ValueError(f"ema_decay must be between 0 and 1, got {ema_decay}")
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+        ema = AveragedModel(model, avg_fn=_ema_with_warmup(ema_decay), use_buffers=True)
     history = []
     epoch_bar = tqdm(range(1, epochs + 1), desc="epochs", disable=not progress)
     for epoch in epoch_bar:
