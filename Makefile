@@ -30,10 +30,12 @@ lint: $(READY)
 	$(PY) -m ruff check utils tests
 
 seeds: $(READY)
-	$(PY) -m utils.batch notebooks/05_final.ipynb --seeds 0 1 2 3 4 --summary results/seeds.json --plot images/seeds.png
+	$(PY) -m utils.batch notebooks/05_final.ipynb --seeds 0 1 2 3 4 --jobs 2 --summary results/seeds.json --plot images/seeds.png
+	$(PY) -m utils.report
 
 bench: $(READY)
 	$(PY) -m utils.bench
+	$(PY) -m utils.report
 
 clean-venv:
 	rm -rf $(VENV)

@@ -58,3 +58,9 @@ def test_gap_models_see_the_whole_digit_before_pooling(name):
     rows = receptive_field(MODELS[name]())
     before_gap = [r for r in rows if r["type"] == "Conv2d" and r["size_out"] > 1][-1]
     assert before_gap["rf_out"] >= 22
+
+
+def test_final_net_widths():
+    assert count_params(MODELS["final"](widths=(8, 10, 8, 10, 12, 10, 10))) == 4872
+    with pytest.raises(ValueError, match="7 positive channel counts"):
+        MODELS["final"](widths=(8, 12))

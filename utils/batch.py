@@ -125,10 +125,11 @@ def _mean_std(values):
                 std=round(statistics.stdev(values), 3) if len(values) > 1 else 0.0)
 
 
-def summarize_runs(notebook: Path, records: list[dict]) -> dict:
+def summarize_runs(notebook: Path, records: list[dict], jobs: int = 1, wall_seconds: float = 0.0) -> dict:
     ok = [r for r in records if r["status"] == "ok"]
     return dict(
-        notebook=notebook.name, bar=BAR, last_n=LAST_N, runs=records,
+        notebook=notebook.name, bar=BAR, last_n=LAST_N, jobs=jobs, wall_seconds=round(wall_seconds, 1),
+        runs=records,
         finished=len(ok), failed=len(records) - len(ok),
         holding_bar=sum(r["holds_bar"] for r in ok),
         final_test_acc=_mean_std([r["final_test_acc"] for r in ok]),
@@ -148,6 +149,7 @@ def format_summary(summary: dict) -> str:
     for key in ("final_test_acc", "last_min_test_acc", "best_test_acc"):
         if summary[key]:
             lines.append(f"{key}: {summary[key]['mean']:.2f} ± {summary[key]['std']:.2f} %")
+    lines.append(f"wall time {summary['wall_seconds']:.0f} s with --jobs {summary['jobs']}")
     lines.append(f"runs holding the bar (each of the last {summary['last_n']} epochs >= {summary['bar']:.2f} %): "
                  f"{summary['holding_bar']} of {summary['finished']} finished ({summary['failed']} failed)")
     return "\n".join(lines)
@@ -162,6 +164,7 @@ def run_batch(notebook, seeds, grid=(), jobs=1, out_dir=REPO / "runs", summary_p
     base = Path(out_dir) / notebook.stem
     threads = max(1, (os.cpu_count() or 1) // jobs)
     records = []
+    start = time.perf_counter()
     bar = tqdm(total=len(runs), desc=f"{notebook.stem} runs", unit="run")
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"))
     try:
@@ -183,7 +186,7 @@ def run_batch(notebook, seeds, grid=(), jobs=1, out_dir=REPO / "runs", summary_p
         bar.close()
         order = {r["name"]: i for i, r in enumerate(runs)}
         records.sort(key=lambda r: order[r["run"]])
-        summary = summarize_runs(notebook, records)
+        summary = summarize_runs(notebook, records, jobs, time.perf_counter() - start)
         save_json(base / "summary.json", summary)
         if summary_path:
             save_json(summary_path, summary)

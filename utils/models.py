@@ -93,9 +93,18 @@ def regularized_net(dropout: float = 0.05) -> GapNet:
     return GapNet(c1=8, c2=12, squeeze=10, c3=14, c4=14, c5=14, c6=12, dropout=dropout)
 
 
-def final_net(dropout: float = 0.0) -> GapNet:
-    """Step 5: 6,040 parameters; narrower than steps 3-4 and tested through a weight average (EMA)."""
-    return GapNet(c1=8, c2=12, squeeze=8, c3=12, c4=12, c5=12, c6=12, dropout=dropout)
+FINAL_WIDTHS = (8, 12, 8, 12, 12, 12, 12)  # c1, c2, squeeze, c3, c4, c5, c6
+
+
+def final_net(dropout: float = 0.0, widths=None) -> GapNet:
+    """Step 5: 6,040 parameters; narrower than steps 3-4 and tested through a weight average (EMA).
+
+    ``widths`` (7 channel counts, see ``FINAL_WIDTHS``) tries the same layout at another size.
+    """
+    widths = tuple(widths) if widths is not None else FINAL_WIDTHS
+    if len(widths) != 7 or not all(isinstance(w, int) and w > 0 for w in widths):
+        raise ValueError(f"widths must be 7 positive channel counts, got {widths!r}")
+    return GapNet(*widths, dropout=dropout)
 
 
 MODELS = {"skeleton": skeleton_net, "lighter": lighter_net, "regularized": regularized_net,

@@ -90,10 +90,56 @@ def final_model_tables() -> str:
             f"(`utils.receptive_field`):\n\n{receptive_field_markdown(receptive_field(final_net()))}")
 
 
+def seeds_table(path: Path) -> str:
+    """Per-seed figures and the over-runs summary from ``utils.batch``'s summary JSON."""
+    if not path.exists():
+        return "_No seed study saved yet: run `make seeds`._"
+    s = load_results(path)
+    rows = ["| run | final test | min of last 5 | best test | holds | seconds |", "|---|--:|--:|--:|:-:|--:|"]
+    for r in s["runs"]:
+        if r["status"] != "ok":
+            rows.append(f"| {r['run']} | failed: {r['error']} | | | | |")
+            continue
+        rows.append(f"| {r['run']} | {r['final_test_acc']:.2f} | {r['last_min_test_acc']:.2f} "
+                    f"| {r['best_test_acc']:.2f} | {'yes' if r['holds_bar'] else 'no'} | {r['seconds']:.0f} |")
+    lines = [f"**{s['holding_bar']} of {s['finished']}** finished runs hold the bar "
+             f"(each of the last {s['last_n']} epochs ≥ {s['bar']:.2f} %); {s['failed']} failed.", ""]
+    if s["final_test_acc"]:
+        lines.append(f"Final test accuracy {s['final_test_acc']['mean']:.2f} ± {s['final_test_acc']['std']:.2f} %, "
+                     f"minimum over the last 5 epochs {s['last_min_test_acc']['mean']:.2f} ± "
+                     f"{s['last_min_test_acc']['std']:.2f} % (mean ± std over runs).")
+        lines.append("")
+    return "\n".join(lines + rows)
+
+
+def performance_table(path: Path) -> str:
+    """The benchmark's figures from ``utils.bench``'s JSON."""
+    if not path.exists():
+        return "_No benchmark saved yet: run `make bench`._"
+    b = load_results(path)
+    rows = [f"Measured on {b['machine']}, torch {b['torch']}, {b['threads']} threads, device `{b['device']}`; "
+            f"final model, batch size {b['batch_size']}, {b['augmentation']}.", "",
+            "| pipeline | images/s | s/epoch (60k) |", "|---|--:|--:|"]
+    rows.append(f"| classic: torchvision MNIST + PIL transforms + DataLoader(num_workers=2) "
+                f"| {b['classic']['images_per_s']:,.0f} | {b['classic']['seconds_per_epoch']:.2f} |")
+    rows.append(f"| project: on-device tensor + batched grid_sample rotation "
+                f"| {b['project']['images_per_s']:,.0f} | {b['project']['seconds_per_epoch']:.2f} |")
+    rows += ["", f"Speed-up per epoch: **{b['speedup']:.2f}×**. Test-set evaluation (10,000 images): "
+             f"{b['eval_seconds']:.2f} s."]
+    if "full_run" in b:
+        f = b["full_run"]
+        rows.append(f"Full {f['epochs']}-epoch training of the final model with the project's path, "
+                    f"evaluation included: **{f['wall_seconds']:.0f} s** (final test accuracy "
+                    f"{f['final_test_acc']:.2f} %).")
+    return "\n".join(rows)
+
+
 def update_readme(readme: Path = REPO / "README.md", results_dir: Path = REPO / "results") -> None:
     text = readme.read_text()
     text = replace_between(text, "results-table", results_table(results_dir))
     text = replace_between(text, "final-model", final_model_tables())
+    text = replace_between(text, "seeds", seeds_table(results_dir / "seeds.json"))
+    text = replace_between(text, "performance", performance_table(results_dir / "bench.json"))
     readme.write_text(text)
 
 

@@ -11,6 +11,7 @@ finished, so a failed or interrupted run never destroys the outputs already comm
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -56,6 +57,8 @@ def main(argv=None) -> int:
     parser.add_argument("notebooks", nargs="*", help="names such as 05_final (default: all five)")
     args = parser.parse_args(argv)
     paths = resolve(args.notebooks)
+    # papermill logs the notebooks' output (the per-epoch lines) at INFO: show it while it runs.
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.pop(SMOKE_ENV, None)  # the main job is always full length
     ensure_mnist(REPO / "data")
     for i, path in enumerate(paths, 1):
