@@ -61,3 +61,17 @@ def test_exported_model_loads_without_project_code_and_classifies(mnist):
         out = program(x)
     assert out.shape == (500, 10)
     assert (out.argmax(1) == y[:500]).float().mean() > 0.98
+
+
+@pytest.mark.parametrize("name", list(report.STEPS))
+def test_papermill_sees_every_parameter(name):
+    """papermill (and so `-p` and utils.batch) must parse every line of the parameters cell."""
+    import ast
+
+    import papermill as pm
+
+    path = REPO / "notebooks" / f"{name}.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    assigned = [t.id for node in ast.parse(cell.source).body for t in node.targets]
+    assert list(pm.inspect_notebook(str(path))) == assigned
