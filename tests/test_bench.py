@@ -16,6 +16,7 @@ def test_tiny_benchmark_reports_all_fields(data_dir, tmp_path):
         assert key in report
     for path in ("classic", "project"):
         assert report[path]["images_per_s"] > 0 and report[path]["seconds_per_epoch"] > 0
+    assert report["profile"] and 0 < sum(r["share"] for r in report["profile"]) <= 1.0001
     assert report["full_run"]["epochs"] == 1 and report["full_run"]["train_images"] == 256
 
 

@@ -66,6 +66,27 @@ def time_training_batches(loader, device, batches: int, warmup: int, repeats: in
                 timed_batches=batches, repeats=repeats, all_seconds=[round(t, 3) for t in times])
 
 
+def profile_training_steps(loader, device, steps: int = 20, top: int = 8) -> list[dict]:
+    """Where a training step's time goes: the ``top`` operators by self time (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    seed_everything(0)
+    model = final_net().to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    batches = list(itertools.islice(iter(loader), steps))
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for x, y in batches:
+            optimizer.zero_grad(set_to_none=True)
+            F.nll_loss(model(x), y).backward()
+            optimizer.step()
+        _sync(device)
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    return [dict(op=e.key, share=round(e.self_cpu_time_total / total, 3), calls=e.count) for e in events[:top]]
+
+
 def run_benchmark(device="auto", data_dir="data", batches=100, warmup=10, repeats=3, full_run=True,
                   epochs=15, train_limit=None, num_workers=2, out=REPO / "results" / "bench.json") -> dict:
     if min(batches, repeats, epochs) < 1 or warmup < 0:
@@ -86,6 +107,10 @@ def run_benchmark(device="auto", data_dir="data", batches=100, warmup=10, repeat
           f"{report['project']['seconds_per_epoch']:6.2f} s/epoch")
     report["speedup"] = round(report["classic"]["seconds_per_epoch"] / report["project"]["seconds_per_epoch"], 2)
     print(f"speed-up per epoch : {report['speedup']:.2f}x")
+    report["profile"] = profile_training_steps(project, device)
+    print("where a training step's time goes (self CPU time):")
+    for row in report["profile"]:
+        print(f"  {row['share']:6.1%}  {row['op']}")
 
     train_loader, test_loader = mnist_loaders(data_dir, batch_size=128, device=device, seed=1, rotate=7.0,
                                               train_limit=train_limit)

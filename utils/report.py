@@ -131,6 +131,10 @@ def performance_table(path: Path) -> str:
         rows.append(f"Full {f['epochs']}-epoch training of the final model with the project's path, "
                     f"evaluation included: **{f['wall_seconds']:.0f} s** (final test accuracy "
                     f"{f['final_test_acc']:.2f} %).")
+    if b.get("profile"):
+        rows += ["", "Where a training step's time goes (the project path, `torch.profiler`, self CPU time):", "",
+                 "| operator | share | calls |", "|---|--:|--:|"]
+        rows += [f"| `{r['op']}` | {100 * r['share']:.1f} % | {r['calls']} |" for r in b["profile"]]
     return "\n".join(rows)
 
 
