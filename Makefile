@@ -18,7 +18,7 @@ $(READY): requirements.txt
 run: $(READY)
 	$(PY) -m utils.run_notebooks
 
-test: unit smoke
+test: lint unit smoke
 
 unit: $(READY)
 	$(PY) -m pytest tests
@@ -27,7 +27,7 @@ smoke: $(READY)
 	$(PY) -m pytest --nbmake --nbmake-timeout=900 notebooks
 
 lint: $(READY)
-	$(PY) -m ruff check utils tests
+	$(PY) -m ruff check utils tests conftest.py
 
 seeds: $(READY)
 	$(PY) -m utils.batch notebooks/05_final.ipynb --seeds 0 1 2 3 4 --jobs 2 --summary results/seeds.json --plot images/seeds.png

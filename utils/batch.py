@@ -96,7 +96,8 @@ def execute(notebook: str, run_dir: str, parameters: dict, threads: int) -> dict
     output = run_dir / Path(notebook).name
     parameters = {**parameters, "results_dir": str(run_dir), "images_dir": str(run_dir / "images")}
     start = time.perf_counter()
-    record = dict(run=run_dir.name, parameters=parameters, notebook=str(output))
+    shown = {k: _display(v) if k in ("results_dir", "images_dir") else v for k, v in parameters.items()}
+    record = dict(run=run_dir.name, parameters=shown, notebook=_display(output))
     try:
         pm.execute_notebook(notebook, output, parameters=parameters, cwd=str(Path(notebook).parent),
                             progress_bar=False, kernel_name="python3")
@@ -116,6 +117,15 @@ def execute(notebook: str, run_dir: str, parameters: dict, threads: int) -> dict
             "last_min_test_acc": s["last_min_test_acc"], "best_test_acc": s["best_test_acc"],
             "holds_bar": s["holds_bar"], "epochs": s["epochs"], "seconds": round(time.perf_counter() - start, 1),
             "test_acc": [round(r["test_acc"], 2) for r in res["history"]]}
+
+
+def _display(path) -> str:
+    """A path as the user would type it: relative to the repository when inside it."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
 
 
 def _mean_std(values):

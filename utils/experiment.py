@@ -40,7 +40,17 @@ def start_run(epochs, batch_size, lr, seed, device="auto", data_dir="data",
 def machine_description(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
+    return f"{_cpu_name()} CPU, {os.cpu_count()} cores"
+
+
+def _cpu_name() -> str:
+    try:  # Linux names the model here; platform.processor() is often empty
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def finish_run(name: str, model, history, test_loader, run: dict, config: dict, title: str = ""):

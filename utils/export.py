@@ -24,6 +24,7 @@ def export_model(model: torch.nn.Module, path: str | os.PathLike) -> Path:
     os.close(fd)
     try:
         torch.export.save(program, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the model is meant to be shared
         os.replace(tmp, path)  # atomic: a failed export never replaces a good file
     finally:
         Path(tmp).unlink(missing_ok=True)

@@ -79,6 +79,10 @@ def results_table(results_dir: Path) -> str:
             f"| [{step}](notebooks/{name}.ipynb) | {target} | {res['params']:,} "
             f"| {s['best_train_acc']:.2f} | {s['best_test_acc']:.2f} | {s['last_min_test_acc']:.2f} "
             f"| {holds} | {change} |")
+    machines = sorted({f"{r['machine']}, torch {r['torch']}" for r in
+                       (load_results(p) for p in sorted(results_dir.glob("0*.json"))) if "machine" in r})
+    if machines:
+        rows += ["", f"Produced on: {'; '.join(machines)} (device `auto`, 15 epochs each)."]
     return "\n".join(rows)
 
 
@@ -109,6 +113,13 @@ def seeds_table(path: Path) -> str:
                      f"minimum over the last 5 epochs {s['last_min_test_acc']['mean']:.2f} ± "
                      f"{s['last_min_test_acc']['std']:.2f} % (mean ± std over runs).")
         lines.append("")
+    if s.get("wall_seconds") and s["finished"]:
+        single = path.parent / "05_final.json"
+        alone = (f" The main job's run of the same notebook, alone on the machine, spent "
+                 f"{load_results(single)['summary']['seconds']:.0f} s training (`results/05_final.json`)."
+                 if single.exists() else "")
+        lines += [f"Wall time: {s['wall_seconds']:.0f} s for {len(s['runs'])} runs with `--jobs {s['jobs']}` "
+                  f"(≈ {s['wall_seconds'] / len(s['runs']):.0f} s per run).{alone}", ""]
     return "\n".join(lines + rows)
 
 
