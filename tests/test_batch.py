@@ -92,3 +92,8 @@ def test_cli_reports_bad_input_as_usage_error(tiny_notebook, capsys):
         batch.main([str(tiny_notebook), "--seeds", "0", "-p", "bogus", "1"])
     assert exit_info.value.code == 2
     assert "unknown parameter 'bogus'" in capsys.readouterr().err
+
+
+def test_tuple_values_reach_the_notebook_as_lists(tiny_notebook):
+    run = batch.plan_runs(tiny_notebook, [0], [["train_limit", "(1, 2)"]])[0]
+    assert run["parameters"]["train_limit"] == [1, 2]

@@ -49,6 +49,8 @@ def parse_value(name: str, text: str, default):
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
         value = text  # a bare word: a string
+    if isinstance(value, tuple):
+        value = list(value)  # papermill writes lists back as Python, but tuples as strings
     if default is None:  # e.g. train_limit = None: any literal
         return value
     expected = type(default)

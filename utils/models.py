@@ -96,7 +96,7 @@ def regularized_net(dropout: float = 0.05) -> GapNet:
 FINAL_WIDTHS = (8, 12, 8, 12, 12, 12, 12)  # c1, c2, squeeze, c3, c4, c5, c6
 
 
-def final_net(dropout: float = 0.0, widths=None) -> GapNet:
+def final_net(dropout: float = 0.05, widths=None) -> GapNet:
     """Step 5: 6,040 parameters; narrower than steps 3-4 and tested through a weight average (EMA).
 
     ``widths`` (7 channel counts, see ``FINAL_WIDTHS``) tries the same layout at another size.
