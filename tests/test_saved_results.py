@@ -21,6 +21,7 @@ def _block(text, marker):
     ("results-table", lambda: report.results_table(RESULTS)),
     ("final-model", report.final_model_tables),
     ("seeds", lambda: report.seeds_table(RESULTS / "seeds.json")),
+    ("attempts", lambda: report.attempts_table(RESULTS)),
     ("performance", lambda: report.performance_table(RESULTS / "bench.json")),
 ])
 def test_readme_blocks_match_saved_results(marker, generate):
