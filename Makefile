@@ -30,7 +30,7 @@ lint: $(READY)
 	$(PY) -m ruff check utils tests conftest.py
 
 seeds: $(READY)
-	$(PY) -m utils.batch notebooks/05_final.ipynb --seeds 0 1 2 3 4 --jobs 2 --summary results/seeds.json --plot images/seeds.png
+	$(PY) -m utils.batch notebooks/05_final.ipynb --seeds 0 1 2 3 4 --jobs 3 --summary results/seeds.json --plot images/seeds.png
 	$(PY) -m utils.report
 
 bench: $(READY)
