@@ -164,8 +164,9 @@ def performance_table(path: Path) -> str:
     verdict = lambda ok: "met" if ok else "**not met**"  # noqa: E731
     rows += ["", f"Targets for this device: per-epoch speed-up ≥ {speed_target}× — {b['speedup']:.2f}×, "
              f"{verdict(b['speedup'] >= speed_target)}"
-             + (f"; {b['full_run']['epochs']}-epoch training ≤ {wall_target} s — {b['full_run']['wall_seconds']:.0f} s, "
-                f"{verdict(b['full_run']['wall_seconds'] <= wall_target)}." if "full_run" in b else ".")]
+             + (f"; {b['full_run']['epochs']}-epoch training ≤ {wall_target} s — "
+                f"{b['full_run']['wall_seconds']:.0f} s, {verdict(b['full_run']['wall_seconds'] <= wall_target)}."
+                if "full_run" in b else ".")]
     if b.get("profile"):
         rows += ["", "Where a training step's time goes (the project path, `torch.profiler`, self CPU time):", "",
                  "| operator | share | calls |", "|---|--:|--:|"]
