@@ -191,8 +191,7 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
 
 def load_mnist(data_dir: str | os.PathLike = "data", train: bool = True):
     """Verified MNIST split as ``(images uint8 [N, 28, 28], labels int64 [N])`` via torchvision."""
-    ensure_mnist(data_dir)
-    verify_raw_files(data_dir)
+    ensure_mnist(data_dir)  # checks every file's MD5 (or builds and then checks them)
     ds = datasets.MNIST(data_dir, train=train, download=False)
     return ds.data, ds.targets
 
