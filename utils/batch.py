@@ -97,27 +97,30 @@ def execute(notebook: str, run_dir: str, parameters: dict, threads: int) -> dict
     run_dir.mkdir(parents=True, exist_ok=True)
     output = run_dir / Path(notebook).name
     parameters = {**parameters, "results_dir": str(run_dir), "images_dir": str(run_dir / "images")}
-    start = time.perf_counter()
     shown = {k: _display(v) if k in ("results_dir", "images_dir") else v for k, v in parameters.items()}
     record = dict(run=run_dir.name, parameters=shown, notebook=_display(output))
+    start = time.perf_counter()
+    outcome = _run_and_read(notebook, output, parameters, run_dir)
+    return {**record, **outcome, "seconds": round(time.perf_counter() - start, 1)}
+
+
+def _run_and_read(notebook: str, output: Path, parameters: dict, run_dir: Path) -> dict:
+    """Execute the notebook and read its results JSON: the status and figures of one run."""
     try:
         pm.execute_notebook(notebook, output, parameters=parameters, cwd=str(Path(notebook).parent),
                             progress_bar=False, kernel_name="python3")
     except pm.PapermillExecutionError as exc:
-        return {**record, "status": "failed", "error": f"{exc.ename}: {exc.evalue}",
-                "seconds": round(time.perf_counter() - start, 1)}
+        return {"status": "failed", "error": f"{exc.ename}: {exc.evalue}"}
     except Exception as exc:  # noqa: BLE001 - e.g. a dead kernel: report, let others go on
-        return {**record, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
-                "seconds": round(time.perf_counter() - start, 1)}
+        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
     results = sorted(run_dir.glob("*.json"))
     if not results:
-        return {**record, "status": "failed", "error": "the notebook wrote no results JSON",
-                "seconds": round(time.perf_counter() - start, 1)}
+        return {"status": "failed", "error": "the notebook wrote no results JSON"}
     res = json.loads(results[0].read_text())
     s = res["summary"]
-    return {**record, "status": "ok", "params": res["params"], "final_test_acc": s["final_test_acc"],
+    return {"status": "ok", "params": res["params"], "final_test_acc": s["final_test_acc"],
             "last_min_test_acc": s["last_min_test_acc"], "best_test_acc": s["best_test_acc"],
-            "holds_bar": s["holds_bar"], "epochs": s["epochs"], "seconds": round(time.perf_counter() - start, 1),
+            "holds_bar": s["holds_bar"], "epochs": s["epochs"],
             "test_acc": [round(r["test_acc"], 2) for r in res["history"]]}
 
 

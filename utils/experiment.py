@@ -59,12 +59,13 @@ def finish_run(name: str, model, history, test_loader, run: dict, config: dict, 
     plot_history(history, title=title or name, path=images / f"{name}_curves.png")
     plot_misclassified(model, test_loader, path=images / f"{name}_misclassified.png")
     device = next(model.parameters()).device
+    params = count_params(model)
     path = save_results(Path(run["results_dir"]) / f"{name}.json", name=name,
-                        config={**run, **config}, params=count_params(model), history=history,
+                        config={**run, **config}, params=params, history=history,
                         machine=machine_description(device), torch=torch.__version__)
     summary = summarize(history)
     print(f"saved {path}")
-    print(format_summary(count_params(model), summary))
+    print(format_summary(params, summary))
     return summary
 
 

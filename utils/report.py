@@ -115,9 +115,11 @@ def seeds_table(path: Path) -> str:
         lines.append("")
     if s.get("wall_seconds") and s["finished"]:
         single = path.parent / "05_final.json"
-        alone = (f" The main job's run of the same notebook, alone on the machine, spent "
-                 f"{load_results(single)['summary']['seconds']:.0f} s training (`results/05_final.json`)."
-                 if single.exists() else "")
+        alone = ""
+        if single.exists():
+            seconds = load_results(single)["summary"]["seconds"]
+            alone = (f" The main job's run of the same notebook, alone on the machine, spent "
+                     f"{seconds:.0f} s training (`results/05_final.json`).")
         lines += [f"Wall time: {s['wall_seconds']:.0f} s for {len(s['runs'])} runs with `--jobs {s['jobs']}` "
                   f"(≈ {s['wall_seconds'] / len(s['runs']):.0f} s per run).{alone}", ""]
     return "\n".join(lines + rows)
