@@ -13,6 +13,8 @@ if fail_on_seed == seed:
     raise RuntimeError(f"boom on seed {seed}")
 history = [dict(epoch=e, train_acc=99.0, test_acc=99.3 + seed / 10 + e / 100, seconds=0.1)
            for e in range(1, epochs + 1)]
+for row in history:  # the line utils.fit prints, which the runner follows
+    print(f"epoch {row['epoch']:2d}  lr 0.1000  train loss 0.1 acc 99.00%  test loss 0.1 acc {row['test_acc']:.2f}%")
 from utils.results import save_results
 save_results(pathlib.Path(results_dir) / "tiny.json", "tiny", dict(lr=lr), 123, history)'''
 
@@ -52,6 +54,28 @@ def test_two_seeds_two_run_folders_and_summary(tiny_notebook, tmp_path):
     assert json.loads((tmp_path / "seeds.json").read_text()) == json.loads(
         (out / "tiny" / "summary.json").read_text())
     assert (tmp_path / "seeds.png").stat().st_size > 0
+
+
+def test_output_shows_runs_and_not_the_kernels_tcp_warnings(tiny_notebook, tmp_path, capfd):
+    batch.run_batch(tiny_notebook, [0], [["epochs", "3"]], out_dir=tmp_path)
+    out, err = capfd.readouterr()
+    assert "seed0 done in" in out + err
+    assert "without encryption" not in out + err
+    run_dir = tmp_path / "tiny" / "seed0"
+    assert "epoch  3" in (run_dir / "output.log").read_text()
+    assert (run_dir / "kernel.log").is_file()
+    assert batch.read_progress(run_dir) == {"epoch": 3, "test_acc": 99.33}
+
+
+def test_epoch_watcher_keeps_the_latest_epoch(tmp_path):
+    watcher = batch.EpochWatcher(tmp_path)
+    assert batch.read_progress(tmp_path) is None
+    watcher.write("device: cpu\n")
+    watcher.write("epoch  1  lr 0.0100  train loss 0.5 acc 90.00%  test loss 0.2 acc 97.50%  (9.0 s)\n"
+                  "epoch  2  lr 0.0200  train loss 0.3 acc 95.00%  test loss 0.1 acc 98.25%  (9.0 s)\n")
+    watcher.close()
+    assert batch.read_progress(tmp_path) == {"epoch": 2, "test_acc": 98.25}
+    assert "device: cpu" in (tmp_path / "output.log").read_text()
 
 
 def test_a_failing_run_is_reported_and_the_other_finishes(tiny_notebook, tmp_path):

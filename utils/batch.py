@@ -17,6 +17,7 @@ import ast
 import itertools
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -29,10 +30,12 @@ from tqdm.auto import tqdm
 
 from .experiment import SMOKE_ENV
 from .results import BAR, LAST_N, save_json
+from .train import NO_BARS_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 # Parameters the runner sets itself for every run.
 RESERVED = {"seed", "results_dir", "images_dir"}
+PROGRESS_FILE = "progress.json"
 
 
 def notebook_parameters(notebook: Path) -> dict:
@@ -51,7 +54,7 @@ def parse_value(name: str, text: str, default):
         value = text  # a bare word: a string
     if isinstance(value, tuple):
         value = list(value)  # papermill writes lists back as Python, but tuples as strings
-    if default is None:  # e.g. train_limit = None: any literal
+    if default is None or value is None:  # None means "off" (e.g. ema_decay None); the notebook checks the rest
         return value
     expected = type(default)
     if expected is float and type(value) is int:
@@ -89,39 +92,97 @@ def plan_runs(notebook: Path, seeds: list[int], grid: list[list[str]]) -> list[d
     return runs
 
 
-def execute(notebook: str, run_dir: str, parameters: dict, threads: int) -> dict:
-    """Run one notebook (in a worker process) and return its record; never raises for the run's own errors."""
+class EpochWatcher:
+    """A file-like sink for a notebook's stdout (papermill's ``stdout_file``): it keeps the text in
+    ``output.log`` and the latest per-epoch line of ``utils.fit`` in ``progress.json``, which the
+    parent process reads to show each run's progress while it trains."""
+
+    LINE = re.compile(r"^epoch\s+(\d+)\s.*test loss \S+ acc ([\d.]+)%", re.M)
+
+    def __init__(self, run_dir: Path):
+        self.progress = run_dir / PROGRESS_FILE
+        self.log = open(run_dir / "output.log", "w")  # noqa: SIM115 - closed by close()
+
+    def write(self, text: str) -> None:
+        self.log.write(text)
+        found = self.LINE.findall(text)
+        if found:
+            epoch, acc = found[-1]
+            save_json(self.progress, dict(epoch=int(epoch), test_acc=float(acc)))
+
+    def flush(self) -> None:
+        self.log.flush()
+
+    def close(self) -> None:
+        self.log.close()
+
+
+def read_progress(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((Path(run_dir) / PROGRESS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def execute_notebook(notebook: str, output: str, parameters: dict, threads: int, run_dir: str) -> dict:
+    """Run one notebook with papermill in this (worker) process; never raises for the run's own errors.
+
+    The kernel gets ``threads`` threads and no progress bars; its own stderr (e.g. jupyter's
+    "running over TCP" warning) goes to ``run_dir/kernel.log``, not to the batch's output.
+    """
     os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by the kernel
+    os.environ[NO_BARS_ENV] = "1"
     os.environ.pop(SMOKE_ENV, None)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / PROGRESS_FILE).unlink(missing_ok=True)
+    sys.stderr.flush()
+    saved_stderr = os.dup(2)
+    watcher = EpochWatcher(run_dir)
+    try:
+        with open(run_dir / "kernel.log", "w") as kernel_log:
+            os.dup2(kernel_log.fileno(), 2)  # the kernel process inherits this descriptor
+            pm.execute_notebook(notebook, output, parameters=parameters, cwd=str(Path(notebook).parent),
+                                progress_bar=False, kernel_name="python3", stdout_file=watcher)
+    except pm.PapermillExecutionError as exc:
+        return {"status": "failed", "error": f"{exc.ename}: {exc.evalue}"}
+    except Exception as exc:  # noqa: BLE001 - e.g. a dead kernel: report, let others go on
+        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        os.dup2(saved_stderr, 2)
+        os.close(saved_stderr)
+        watcher.close()
+    return {"status": "ok"}
+
+
+def execute(notebook: str, run_dir: str, parameters: dict, threads: int) -> dict:
+    """One run of a batch: execute into ``run_dir`` and read its results JSON into a record."""
+    run_dir = Path(run_dir)
     output = run_dir / Path(notebook).name
     parameters = {**parameters, "results_dir": str(run_dir), "images_dir": str(run_dir / "images")}
     shown = {k: _display(v) if k in ("results_dir", "images_dir") else v for k, v in parameters.items()}
     record = dict(run=run_dir.name, parameters=shown, notebook=_display(output))
     start = time.perf_counter()
-    outcome = _run_and_read(notebook, output, parameters, run_dir)
+    outcome = execute_notebook(notebook, str(output), parameters, threads, str(run_dir))
+    if outcome["status"] == "ok":
+        results = sorted(run_dir.glob("*.json"))
+        results = [p for p in results if p.name != PROGRESS_FILE]
+        if results:
+            outcome.update(run_record(json.loads(results[0].read_text())))
+        else:
+            outcome = {"status": "failed", "error": "the notebook wrote no results JSON"}
     return {**record, **outcome, "seconds": round(time.perf_counter() - start, 1)}
 
 
-def _run_and_read(notebook: str, output: Path, parameters: dict, run_dir: Path) -> dict:
-    """Execute the notebook and read its results JSON: the status and figures of one run."""
-    try:
-        pm.execute_notebook(notebook, output, parameters=parameters, cwd=str(Path(notebook).parent),
-                            progress_bar=False, kernel_name="python3")
-    except pm.PapermillExecutionError as exc:
-        return {"status": "failed", "error": f"{exc.ename}: {exc.evalue}"}
-    except Exception as exc:  # noqa: BLE001 - e.g. a dead kernel: report, let others go on
-        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-    results = sorted(run_dir.glob("*.json"))
-    if not results:
-        return {"status": "failed", "error": "the notebook wrote no results JSON"}
-    res = json.loads(results[0].read_text())
+def run_record(res: dict) -> dict:
+    """The figures of one run kept in a batch summary, from its results JSON. The full config
+    (model, recipe) comes along, so a study's table can say what each run was."""
     s = res["summary"]
-    return {"status": "ok", "params": res["params"], "final_test_acc": s["final_test_acc"],
+    return {"params": res["params"], "final_test_acc": s["final_test_acc"],
             "last_min_test_acc": s["last_min_test_acc"], "best_test_acc": s["best_test_acc"],
             "holds_bar": s["holds_bar"], "epochs": s["epochs"],
-            "test_acc": [round(r["test_acc"], 2) for r in res["history"]]}
+            "seconds_per_epoch": round(statistics.median(r["seconds"] for r in res["history"]), 2),
+            "test_acc": [round(r["test_acc"], 2) for r in res["history"]], "config": res["config"]}
 
 
 def _display(path) -> str:
@@ -140,10 +201,12 @@ def _mean_std(values):
                 std=round(statistics.stdev(values), 3) if len(values) > 1 else 0.0)
 
 
-def summarize_runs(notebook: Path, records: list[dict], jobs: int = 1, wall_seconds: float = 0.0) -> dict:
+def summarize_runs(notebook: Path, records: list[dict], jobs: int = 1, wall_seconds: float = 0.0,
+                   threads: int | None = None) -> dict:
     ok = [r for r in records if r["status"] == "ok"]
     return dict(
-        notebook=notebook.name, bar=BAR, last_n=LAST_N, jobs=jobs, wall_seconds=round(wall_seconds, 1),
+        notebook=notebook.name, bar=BAR, last_n=LAST_N, jobs=jobs, threads_per_run=threads,
+        wall_seconds=round(wall_seconds, 1),
         runs=records,
         finished=len(ok), failed=len(records) - len(ok),
         holding_bar=sum(r["holds_bar"] for r in ok),
@@ -170,38 +233,78 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def run_batch(notebook, seeds, grid=(), jobs=1, out_dir=REPO / "runs", summary_path=None,
-              plot_path=None) -> dict:
-    notebook = Path(notebook).resolve()
-    if jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {jobs}")
-    runs = plan_runs(notebook, list(seeds), [list(g) for g in grid])
-    base = Path(out_dir) / notebook.stem
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    records = []
-    start = time.perf_counter()
-    bar = tqdm(total=len(runs), desc=f"{notebook.stem} runs", unit="run")
+def run_pool(tasks: list[dict], jobs: int, desc: str, finished: list | None = None) -> list[dict]:
+    """Run ``tasks`` (dicts with ``name``, ``run_dir``, ``epochs``, ``fn``, ``args``) in ``jobs``
+    worker processes, showing while they run: each running task's epoch and latest test accuracy,
+    finished/failed counts and the time left (a bar over all epochs of all tasks).
+
+    Returns the records in the order of ``tasks``; each is also appended to ``finished`` as it
+    comes, so a caller still has them after Ctrl-C, which stops launching new tasks.
+    """
+    finished = [] if finished is None else finished
+    records: dict[str, dict] = {}
+    shown: dict[str, int] = {}
+    bar = tqdm(total=sum(t["epochs"] for t in tasks), desc=desc, unit="epoch", dynamic_ncols=True)
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"))
     try:
-        pending = {pool.submit(execute, str(notebook), str(base / r["name"]), r["parameters"], threads)
-                   for r in runs}
+        futures = {pool.submit(t["fn"], *t["args"]): t for t in tasks}
+        pending = set(futures)
         while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            done, pending = wait(pending, timeout=2, return_when=FIRST_COMPLETED)
             for future in done:
-                record = future.result()
-                records.append(record)
-                bar.update()
+                task = futures[future]
+                records[task["name"]] = record = future.result()
+                finished.append(record)
                 if record["status"] != "ok":
-                    tqdm.write(f"{record['run']} FAILED: {record['error']} (see {record['notebook']})")
+                    tqdm.write(f"{task['name']} FAILED: {record['error']} (see {record.get('notebook', '')})")
+                else:
+                    tqdm.write(f"{task['name']} done in {record['seconds']:.0f} s")
+            live = []
+            for task in tasks:
+                if task["name"] in records:
+                    continue
+                progress = read_progress(task["run_dir"])
+                if progress:
+                    if progress["epoch"] != shown.get(task["name"]):
+                        shown[task["name"]] = progress["epoch"]
+                        tqdm.write(f"{task['name']}: epoch {progress['epoch']}/{task['epochs']}, "
+                                   f"test {progress['test_acc']:.2f} %")
+                    live.append(f"{task['name']} {progress['epoch']}/{task['epochs']} {progress['test_acc']:.2f}%")
+            failed = sum(r["status"] != "ok" for r in records.values())
+            bar.n = sum(t["epochs"] if t["name"] in records else shown.get(t["name"], 0) for t in tasks)
+            bar.set_postfix_str(f"{len(records) - failed} done, {failed} failed"
+                                + (f" | {' | '.join(live)}" if live else ""), refresh=False)
+            bar.refresh()
     except KeyboardInterrupt:
         tqdm.write("interrupted: no new runs; finished runs are kept")
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     finally:
         bar.close()
+    pool.shutdown()
+    return [records[t["name"]] for t in tasks if t["name"] in records]
+
+
+def run_batch(notebook, seeds, grid=(), jobs=1, out_dir=REPO / "runs", summary_path=None,
+              plot_path=None) -> dict:
+    notebook = Path(notebook).resolve()
+    if jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+    runs = plan_runs(notebook, list(seeds), [list(g) for g in grid])
+    default_epochs = notebook_parameters(notebook).get("epochs", 1)
+    base = Path(out_dir) / notebook.stem
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    tasks = [dict(name=r["name"], run_dir=base / r["name"], epochs=r["parameters"].get("epochs", default_epochs),
+                  fn=execute, args=(str(notebook), str(base / r["name"]), r["parameters"], threads))
+             for r in runs]
+    records: list[dict] = []
+    start = time.perf_counter()
+    try:
+        run_pool(tasks, jobs, f"{notebook.stem}: {len(runs)} runs", records)
+    finally:
         order = {r["name"]: i for i, r in enumerate(runs)}
         records.sort(key=lambda r: order[r["run"]])
-        summary = summarize_runs(notebook, records, jobs, time.perf_counter() - start)
+        summary = summarize_runs(notebook, records, jobs, time.perf_counter() - start, threads)
         save_json(base / "summary.json", summary)
         if summary_path:
             save_json(summary_path, summary)
@@ -210,7 +313,6 @@ def run_batch(notebook, seeds, grid=(), jobs=1, out_dir=REPO / "runs", summary_p
             curves = {r["run"]: [dict(epoch=i + 1, test_acc=a) for i, a in enumerate(r["test_acc"])]
                       for r in records if r["status"] == "ok"}
             plot_seed_curves(curves, title=f"{notebook.stem}: test accuracy per epoch", path=plot_path)
-    pool.shutdown()
     print(format_summary(summary))
     return summary
 

@@ -5,6 +5,8 @@ Every model maps a normalized ``(N, 1, 28, 28)`` batch to ``(N, 10)`` log-probab
 
 from __future__ import annotations
 
+import re
+
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -96,20 +98,81 @@ def regularized_net(dropout: float = 0.05) -> GapNet:
     return GapNet(*REGULARIZED_WIDTHS, dropout=dropout)
 
 
-# The narrower (8, 12, 8, 12, 12, 12, 12) = 6,040 parameters held the bar on only some seeds
-# (results/seeds_6040_*.json), so the final net keeps step 4's widths.
-FINAL_WIDTHS = REGULARIZED_WIDTHS
+def separable_block(c_in: int, c_out: int, padding: int = 0) -> nn.Sequential:
+    """Depthwise 3x3 (one filter per channel) -> BN -> pointwise 1x1 -> BN -> ReLU.
 
-
-def final_net(dropout: float = 0.05, widths=None) -> GapNet:
-    """Step 5: step 4's 7,624-parameter net, trained the same way but tested through an EMA of its weights.
-
-    ``widths`` (7 channel counts, see ``FINAL_WIDTHS``) tries the same layout at another size.
+    9*c_in + c_in*c_out weights instead of 9*c_in*c_out: width gets cheap, so a net can afford
+    more channels at the same budget.
     """
-    widths = tuple(widths) if widths is not None else FINAL_WIDTHS
-    if len(widths) != 7 or not all(isinstance(w, int) and w > 0 for w in widths):
-        raise ValueError(f"widths must be 7 positive channel counts, got {widths!r}")
-    return GapNet(*widths, dropout=dropout)
+    return nn.Sequential(nn.Conv2d(c_in, c_in, 3, padding=padding, groups=c_in, bias=False),
+                         nn.BatchNorm2d(c_in), nn.Conv2d(c_in, c_out, 1, bias=False),
+                         nn.BatchNorm2d(c_out), nn.ReLU())
+
+
+DROPOUT_KINDS = {"element": nn.Dropout, "channel": nn.Dropout2d}
+
+
+class CompactNet(nn.Module):
+    """A small net written as a layout string, so a search can name its candidates.
+
+    Tokens, left to right: ``c8`` a 3x3 conv block to 8 channels without padding (the map
+    shrinks by 2), ``c8p`` the same with padding 1, ``d16`` a depthwise-separable block to 16
+    channels, ``M`` a 2x2 max-pool. Every block is conv -> BN -> ReLU; the head is global
+    average pooling and a 1x1 conv to the 10 classes. ``dropout`` (``dropout_kind``
+    "element" or "channel") follows every block but the last.
+    """
+
+    def __init__(self, layout: str, dropout: float = 0.0, dropout_kind: str = "element"):
+        super().__init__()
+        tokens = layout.split()
+        convs = [t for t in tokens if t != "M"]
+        if not convs:
+            raise ValueError(f"layout {layout!r} has no conv block")
+        if dropout_kind not in DROPOUT_KINDS:
+            raise ValueError(f"dropout_kind must be one of {sorted(DROPOUT_KINDS)}, got {dropout_kind!r}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        self.layout = layout
+        layers, c_in, seen = [], 1, 0
+        for token in tokens:
+            if token == "M":
+                layers.append(nn.MaxPool2d(2))
+                continue
+            match = re.fullmatch(r"([cd])(\d+)(p?)", token)
+            if not match or int(match[2]) < 1:
+                raise ValueError(f"bad token {token!r} in layout {layout!r}: use cN, cNp, dN, dNp or M")
+            kind, c_out, padding = match[1], int(match[2]), 1 if match[3] else 0
+            block = conv_block(c_in, c_out, padding) if kind == "c" else separable_block(c_in, c_out, padding)
+            layers.append(block)
+            seen += 1
+            if dropout > 0 and seen < len(convs):
+                layers.append(DROPOUT_KINDS[dropout_kind](dropout))
+            c_in = c_out
+        self.features = nn.Sequential(*layers)
+        self.head = gap_head(c_in)
+
+    def forward(self, x):
+        return F.log_softmax(self.head(self.features(x)), dim=1)
+
+
+# The candidates of the search (README, "Model search"). Sizes 28 -> 26 -> 24 | 12 -> ...
+ARCHS = {
+    "slim": "c8 c8 M c12 c12 c16",            # 4,808: one pool, last conv on 8x8 -> 6x6
+    "twopool": "c8 c8 M c12 c12 M c16p",      # 4,808: same weights, second pool, last conv on 4x4
+    "twopool_small": "c8 c8 M c10 c12 M c16p",  # 4,444
+    "separable": "c8 c8 M d16 d24 d32 d32",   # 4,392: depthwise-separable after the pool
+    "separable_small": "c8 c8 M d16 d32 d32",  # 3,440
+}
+FINAL_ARCH = "twopool"
+
+
+def final_net(arch: str = FINAL_ARCH, dropout: float = 0.0, dropout_kind: str = "element") -> nn.Module:
+    """Step 5: a compact layout from ``ARCHS`` (or "gap7624", the first final, step 4's net)."""
+    if arch == "gap7624":
+        return GapNet(*REGULARIZED_WIDTHS, dropout=dropout)
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}: use one of {', '.join([*ARCHS, 'gap7624'])}")
+    return CompactNet(ARCHS[arch], dropout=dropout, dropout_kind=dropout_kind)
 
 
 MODELS = {"skeleton": skeleton_net, "lighter": lighter_net, "regularized": regularized_net,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import time
 
@@ -14,6 +15,9 @@ from tqdm.auto import tqdm
 from .data import check_data_dir
 
 MAX_EPOCHS = 15  # the exercise's budget
+# Set by the project's headless runners (main job, batch): no tqdm bars, whose saved widget text
+# would read "0/15" in the committed notebook; the per-epoch lines tell the story instead.
+NO_BARS_ENV = "MNIST_NO_PROGRESS_BARS"
 PER_BATCH_SCHEDULERS = (lr_scheduler.OneCycleLR, lr_scheduler.CyclicLR)
 
 
@@ -61,8 +65,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train_epoch(model, loader, optimizer, scheduler=None, progress=True, desc="train", ema=None):
+def train_epoch(model, loader, optimizer, scheduler=None, progress=True, desc="train", ema=None,
+                label_smoothing=0.0):
     """One pass over ``loader``; steps a per-batch scheduler and the EMA copy if given.
+
+    ``label_smoothing`` > 0 trains against targets that give that much mass to the other classes
+    (the model returns log-probabilities, which cross_entropy takes as logits unchanged).
 
     Returns (loss, accuracy %) of the live model on the (augmented) training batches.
     """
@@ -72,7 +80,7 @@ def train_epoch(model, loader, optimizer, scheduler=None, progress=True, desc="t
     for x, y in bar:
         optimizer.zero_grad(set_to_none=True)
         out = model(x)
-        loss = F.nll_loss(out, y)
+        loss = F.cross_entropy(out, y, label_smoothing=label_smoothing) if label_smoothing else F.nll_loss(out, y)
         loss.backward()
         optimizer.step()
         if ema is not None:
@@ -113,7 +121,7 @@ def _ema_with_warmup(decay: float):
 
 
 def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None,
-        scheduler_per_batch=None, ema_decay=None, progress=True, log=print):
+        scheduler_per_batch=None, ema_decay=None, label_smoothing=0.0, progress=True, log=print):
     """Train for ``epochs`` epochs; return the history, one dict per epoch.
 
     ``scheduler_per_batch``: None decides from the type (OneCycleLR/CyclicLR step every batch,
@@ -121,9 +129,11 @@ def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None,
     ``ema_decay`` (e.g. 0.999): keep an exponential moving average of the weights, updated every
     step, and test that average instead of the last weights; at the end the model holds it.
     Averaging smooths the step-to-step noise of SGD, so test accuracy wobbles less between epochs.
+    ``label_smoothing``: see ``train_epoch``.
     """
     if scheduler_per_batch is None:
         scheduler_per_batch = isinstance(scheduler, PER_BATCH_SCHEDULERS)
+    progress = progress and not os.environ.get(NO_BARS_ENV)
     ema = None
     if ema_decay is not None:
         if not 0 < ema_decay < 1:
@@ -136,7 +146,8 @@ def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None,
         start = time.perf_counter()
         train_loss, train_acc = train_epoch(model, train_loader, optimizer,
                                             scheduler if scheduler_per_batch else None,
-                                            progress=progress, desc=f"epoch {epoch}", ema=ema)
+                                            progress=progress, desc=f"epoch {epoch}", ema=ema,
+                                            label_smoothing=label_smoothing)
         test_loss, test_acc = evaluate(ema.module if ema is not None else model, test_loader)
         seconds = time.perf_counter() - start
         if scheduler is not None and not scheduler_per_batch:

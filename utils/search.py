@@ -1,0 +1,132 @@
+"""The model search as evidence: multiply-adds per image, and the README's search and ablation
+tables built from the batch summaries saved under ``results/``.
+
+Studies are ``utils.batch`` summaries. Their role follows from the file name:
+``search_*.json`` screened candidates (their seeds were used to choose), ``seeds.json``
+confirmed the choice, ``heldout.json`` checked it on seeds never used to choose, and
+``ablation_*.json`` take one ingredient out of the final recipe at a time.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .models import final_net
+from .results import load_results
+
+# The recipe fields a run's config is compared on, with how a difference is written.
+RECIPE = {
+    "dropout": "dropout {}", "dropout_kind": "dropout kind {}", "rotate": "rotate ±{}°",
+    "translate": "shift ±{}", "scale": "scale ±{}", "ema_decay": "EMA {}",
+    "label_smoothing": "label smoothing {}", "lr": "peak LR {}", "pct_start": "warm-up {}",
+    "batch_size": "batch {}",
+}
+ROLES = {"search": "screen (tuning seeds)", "seeds": "confirm", "heldout": "held out (never tuned on)"}
+
+
+def macs_per_image(model: torch.nn.Module) -> int:
+    """Multiply-adds of one forward pass on a 1x28x28 image (convolutions and matmuls)."""
+    model = model.eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 1, 28, 28, device=next(model.parameters()).device))
+    return counter.get_total_flops() // 2
+
+
+def recipe_differences(config: dict, reference: dict) -> str:
+    """How ``config`` differs from the final recipe ``reference``, e.g. "EMA None, dropout 0.05"."""
+    diffs = []
+    for key, text in RECIPE.items():
+        mine, theirs = config.get(key), reference.get(key)
+        if mine != theirs and not (key == "dropout_kind" and not config.get("dropout")):
+            diffs.append(text.format("off" if mine is None else mine))
+    return ", ".join(diffs) or "final recipe"
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def candidates(summary: dict) -> dict[str, list[dict]]:
+    """The finished runs of a study grouped by candidate: the run name without its ``_seedN``."""
+    groups: dict[str, list[dict]] = {}
+    for run in summary["runs"]:
+        if run["status"] == "ok":
+            groups.setdefault(re.sub(r"_?seed\d+$", "", run["run"]), []).append(run)
+    return groups
+
+
+def candidate_row(runs: list[dict], reference: dict, macs_cache: dict) -> dict:
+    config = runs[0]["config"]
+    arch = config.get("arch", "?")
+    if arch not in macs_cache:
+        macs_cache[arch] = macs_per_image(final_net(arch))
+    mins = [r["last_min_test_acc"] for r in runs]
+    return dict(arch=arch, layout=config.get("layout", arch), params=runs[0]["params"], macs=macs_cache[arch],
+                seconds_per_epoch=statistics.median(r["seconds_per_epoch"] for r in runs),
+                recipe=recipe_differences(config, reference),
+                seeds=sorted(r["config"]["seed"] for r in runs),
+                holding=sum(r["holds_bar"] for r in runs), runs=len(runs), last_min=_mean_std(mins),
+                worst=min(mins))
+
+
+def _seeds(seeds: list[int]) -> str:
+    return f"{seeds[0]}–{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 2 \
+        else ", ".join(map(str, seeds))
+
+
+def study_files(results_dir: Path) -> list[tuple[str, Path]]:
+    """(role, path) of every study of the search, in the order it was done."""
+    files = [("search", p) for p in sorted(results_dir.glob("search_*.json"))]
+    files += [(role, results_dir / f"{role}.json") for role in ("seeds", "heldout")]
+    return [(role, path) for role, path in files if path.exists()]
+
+
+def search_table(results_dir: Path) -> str:
+    final = results_dir / "05_final.json"
+    if not final.exists():
+        return "_No final run saved yet._"
+    reference = load_results(final)["config"]
+    rows = ["| study | role | arch | layout | params | MACs/image | s/epoch | recipe | seeds | hold | "
+            "last-5 min (mean ± std) | worst |",
+            "|---|---|---|---|--:|--:|--:|---|---|:-:|--:|--:|"]
+    cache: dict = {}
+    for role, path in study_files(results_dir):
+        summary = load_results(path)
+        for runs in candidates(summary).values():
+            r = candidate_row(runs, reference, cache)
+            rows.append(f"| `{path.name}` | {ROLES[role]} | {r['arch']} | `{r['layout']}` | {r['params']:,} "
+                        f"| {r['macs']:,} | {r['seconds_per_epoch']:.1f} | {r['recipe']} | {_seeds(r['seeds'])} "
+                        f"| {r['holding']}/{r['runs']} | {r['last_min']} | {r['worst']:.2f} |")
+    return "\n".join(rows) if len(rows) > 2 else "_No search study saved yet._"
+
+
+def ablation_table(results_dir: Path) -> str:
+    """One row per ablation study (``results/ablation_*.json``) next to the final recipe's own runs
+    on the same seeds (taken from ``results/seeds.json``)."""
+    final, seeds = results_dir / "05_final.json", results_dir / "seeds.json"
+    paths = sorted(results_dir.glob("ablation_*.json"))
+    if not (paths and final.exists() and seeds.exists()):
+        return "_No ablation saved yet._"
+    reference = load_results(final)["config"]
+    studies = [(p.name, load_results(p)) for p in paths]
+    used = {r["config"]["seed"] for _, s in studies for r in s["runs"] if r["status"] == "ok"}
+    base = load_results(seeds)
+    base["runs"] = [r for r in base["runs"] if r["status"] == "ok" and r["config"]["seed"] in used]
+    rows = ["| what changes | study | seeds | hold | last-5 min (mean ± std) | worst | final test (mean) |",
+            "|---|---|---|:-:|--:|--:|--:|"]
+    cache: dict = {}
+    for name, summary in [("seeds.json", base), *studies]:
+        for runs in candidates(summary).values():
+            r = candidate_row(runs, reference, cache)
+            final_mean = statistics.mean(x["final_test_acc"] for x in runs)
+            label = r["recipe"] if name != "seeds.json" else "nothing: the final recipe"
+            rows.append(f"| {label} | `{name}` | {_seeds(r['seeds'])} | {r['holding']}/{r['runs']} "
+                        f"| {r['last_min']} | {r['worst']:.2f} | {final_mean:.2f} |")
+    return "\n".join(rows)
