@@ -11,15 +11,19 @@ import torch
 from .plots import plot_history, plot_misclassified
 from .results import save_results, summarize
 from .summary import count_params
-from .train import check_run_config, seed_everything
+from .train import check_run_config, check_settings, seed_everything
 
 SMOKE_ENV = "MNIST_SMOKE"
 DEFAULT_RESULTS_DIR, DEFAULT_IMAGES_DIR = "results", "images"
 
 
 def start_run(epochs, batch_size, lr, seed, device="auto", data_dir="data",
-              results_dir=DEFAULT_RESULTS_DIR, images_dir=DEFAULT_IMAGES_DIR):
+              results_dir=DEFAULT_RESULTS_DIR, images_dir=DEFAULT_IMAGES_DIR, **settings):
     """Check the parameters, apply the smoke-test override, seed; return ``(device, run)``.
+
+    ``settings`` are the notebook's model and recipe parameters (arch, dropout, rotate,
+    ema_decay, ...): each is checked here too (``utils.train.check_settings``), so a bad value
+    fails before the first file is written.
 
     With ``MNIST_SMOKE`` set (``pytest --nbmake`` sets it) the run lasts one epoch, and when it
     would write to the committed ``results/`` and ``images/`` it writes under ``runs/smoke/``.
@@ -30,6 +34,7 @@ def start_run(epochs, batch_size, lr, seed, device="auto", data_dir="data",
             results_dir, images_dir = "runs/smoke/results", "runs/smoke/images"
         print(f"{SMOKE_ENV} is set: smoke run of 1 epoch, outputs under {results_dir}/")
     device = check_run_config(epochs, batch_size, lr, device, data_dir)
+    check_settings(**settings)
     seed_everything(seed)
     run = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=str(device),
                data_dir=str(data_dir), results_dir=str(results_dir), images_dir=str(images_dir))

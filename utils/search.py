@@ -24,8 +24,10 @@ RECIPE = {
     "dropout": "dropout {}", "dropout_kind": "dropout kind {}", "rotate": "rotate ±{}°",
     "translate": "shift ±{}", "scale": "scale ±{}", "ema_decay": "EMA {}",
     "label_smoothing": "label smoothing {}", "lr": "peak LR {}", "pct_start": "warm-up {}",
-    "batch_size": "batch {}",
+    "batch_size": "batch {}", "weight_decay": "weight decay {}",
 }
+# A setting added after some studies ran: their configs lack it and ran with this value.
+ADDED_LATER = {"weight_decay": 0.0, "label_smoothing": 0.0}
 ROLES = {"search": "screen (tuning seeds)", "seeds": "confirm", "heldout": "held out (never tuned on)"}
 
 
@@ -41,7 +43,7 @@ def recipe_differences(config: dict, reference: dict) -> str:
     """How ``config`` differs from the final recipe ``reference``, e.g. "EMA None, dropout 0.05"."""
     diffs = []
     for key, text in RECIPE.items():
-        mine, theirs = config.get(key), reference.get(key)
+        mine, theirs = config.get(key, ADDED_LATER.get(key)), reference.get(key, ADDED_LATER.get(key))
         if mine != theirs and not (key == "dropout_kind" and not config.get("dropout")):
             diffs.append(text.format("off" if mine is None else mine))
     return ", ".join(diffs) or "final recipe"

@@ -59,6 +59,47 @@ def check_run_config(epochs: int, batch_size: int, lr: float, device: str = "aut
     return dev
 
 
+def _number(name, value, low, high, low_open=False, high_open=True, allow_none=False):
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if too_low or too_high:
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be in {interval}, got {value!r}")
+
+
+# What each model/recipe setting may be; checked by start_run before any file is written.
+SETTING_CHECKS = {
+    "dropout": lambda v: _number("dropout", v, 0, 1),
+    "rotate": lambda v: _number("rotate (degrees)", v, 0, 180, high_open=False),
+    "translate": lambda v: _number("translate (fraction of the image)", v, 0, 0.5, high_open=False),
+    "scale": lambda v: _number("scale (± fraction)", v, 0, 0.5, high_open=False),
+    "pct_start": lambda v: _number("pct_start", v, 0, 1, low_open=True),
+    "ema_decay": lambda v: _number("ema_decay", v, 0, 1, low_open=True, allow_none=True),
+    "label_smoothing": lambda v: _number("label_smoothing", v, 0, 1),
+    "weight_decay": lambda v: _number("weight_decay", v, 0, 1),
+}
+
+
+def check_settings(**settings) -> None:
+    """Check model and recipe settings by name (see ``SETTING_CHECKS``); ``arch`` with
+    ``dropout``/``dropout_kind`` is checked by building the model once on the CPU."""
+    from .models import final_net  # here, not at the top: models do not depend on training
+
+    unknown = set(settings) - set(SETTING_CHECKS) - {"arch", "dropout_kind"}
+    if unknown:
+        raise ValueError(f"unknown setting(s) {sorted(unknown)}; known: {sorted(SETTING_CHECKS)}, arch, dropout_kind")
+    for name, value in settings.items():
+        if name in SETTING_CHECKS:
+            SETTING_CHECKS[name](value)
+    if "arch" in settings or "dropout_kind" in settings:
+        model_args = {k: settings[k] for k in ("arch", "dropout", "dropout_kind") if k in settings}
+        final_net(**model_args)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python and torch (all devices). A CPU run with the same seed repeats exactly."""
     random.seed(seed)

@@ -1,0 +1,74 @@
+"""The search and ablation tables: grouping runs into candidates and describing their recipes."""
+
+import pytest
+
+from utils import search
+from utils.results import save_json
+
+FINAL = dict(arch="twopool", layout="c8 c8 M c12 c12 M c16p", dropout=0.0, dropout_kind="element", rotate=7.0,
+             translate=0.05, scale=0.05, ema_decay=0.999, label_smoothing=0.0, weight_decay=0.0, lr=0.1,
+             pct_start=0.2, batch_size=128, seed=1)
+
+
+def _run(name, seed, last_min, holds, **changes):
+    return dict(run=name, status="ok", params=4808, final_test_acc=last_min + 0.02, last_min_test_acc=last_min,
+                best_test_acc=last_min + 0.05, holds_bar=holds, seconds_per_epoch=10.0 + seed,
+                config={**FINAL, **changes, "seed": seed})
+
+
+def test_recipe_differences():
+    assert search.recipe_differences(FINAL, FINAL) == "final recipe"
+    assert search.recipe_differences({**FINAL, "ema_decay": None}, FINAL) == "EMA off"
+    assert search.recipe_differences({**FINAL, "translate": 0.0, "scale": 0.0}, FINAL) == "shift ±0.0, scale ±0.0"
+    # dropout kind only matters when there is dropout
+    assert search.recipe_differences({**FINAL, "dropout_kind": "channel"}, FINAL) == "final recipe"
+    assert search.recipe_differences({**FINAL, "dropout": 0.05, "dropout_kind": "channel"}, FINAL) == \
+        "dropout 0.05, dropout kind channel"
+    # a study run before weight_decay existed ran with 0.0
+    older = {k: v for k, v in FINAL.items() if k != "weight_decay"}
+    assert search.recipe_differences(older, FINAL) == "final recipe"
+
+
+def test_candidates_group_runs_by_name_without_seed():
+    summary = dict(runs=[_run("arch=slim_seed0", 0, 99.36, False, arch="slim"),
+                         _run("arch=slim_seed1", 1, 99.41, True, arch="slim"),
+                         _run("seed2", 2, 99.45, True),
+                         dict(run="seed3", status="failed", error="boom")])
+    groups = search.candidates(summary)
+    assert {k: len(v) for k, v in groups.items()} == {"arch=slim": 2, "": 1}
+
+
+def test_candidate_row_figures():
+    runs = [_run("a_seed0", 0, 99.36, False, arch="slim"), _run("a_seed1", 1, 99.42, True, arch="slim")]
+    row = search.candidate_row(runs, FINAL, {})
+    assert row["params"] == 4808 and row["holding"] == 1 and row["runs"] == 2
+    assert row["seeds"] == [0, 1] and row["worst"] == 99.36
+    assert row["last_min"] == "99.39 ± 0.04"
+    assert row["seconds_per_epoch"] == 10.5
+    assert row["macs"] == search.macs_per_image(search.final_net("slim"))
+
+
+def test_search_table_reads_the_study_files(tmp_path):
+    save_json(tmp_path / "05_final.json", dict(config=FINAL))
+    save_json(tmp_path / "search_a.json", dict(runs=[_run("arch=slim_seed0", 0, 99.30, False, arch="slim")]))
+    save_json(tmp_path / "seeds.json", dict(runs=[_run(f"seed{s}", s, 99.45, True) for s in range(5)]))
+    table = search.search_table(tmp_path)
+    lines = table.splitlines()
+    assert len(lines) == 4
+    assert "`search_a.json` | screen (tuning seeds) | slim" in lines[2] and "| 0/1 |" in lines[2]
+    assert "`seeds.json` | confirm | twopool" in lines[3] and "| 0–4 | 5/5 | 99.45 ± 0.00 |" in lines[3]
+
+
+def test_ablation_table_compares_on_the_same_seeds(tmp_path):
+    save_json(tmp_path / "05_final.json", dict(config=FINAL))
+    save_json(tmp_path / "seeds.json", dict(runs=[_run(f"seed{s}", s, 99.45, True) for s in range(5)]))
+    save_json(tmp_path / "ablation_ema.json",
+              dict(runs=[_run(f"seed{s}", s, 99.30, False, ema_decay=None) for s in range(3)]))
+    lines = search.ablation_table(tmp_path).splitlines()
+    assert lines[2].startswith("| nothing: the final recipe | `seeds.json` | 0–2 | 3/3 |")
+    assert lines[3].startswith("| EMA off | `ablation_ema.json` | 0–2 | 0/3 | 99.30 ± 0.00 |")
+
+
+@pytest.mark.parametrize("name", ["search_table", "ablation_table"])
+def test_tables_say_when_nothing_is_saved(tmp_path, name):
+    assert getattr(search, name)(tmp_path).startswith("_No")
