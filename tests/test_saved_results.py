@@ -7,7 +7,8 @@ import nbformat
 import pytest
 import torch
 
-from utils import BAR, count_params, final_net, load_results, report
+from utils import BAR, count_params, final_net, load_results, report, search
+from utils.models import FINAL_ARCH
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results"
@@ -22,6 +23,8 @@ def _block(text, marker):
     ("final-model", report.final_model_tables),
     ("seeds", lambda: report.seeds_table(RESULTS / "seeds.json")),
     ("attempts", lambda: report.attempts_table(RESULTS)),
+    ("search", lambda: search.search_table(RESULTS)),
+    ("ablation", lambda: search.ablation_table(RESULTS)),
     ("performance", lambda: report.performance_table(RESULTS / "bench.json")),
 ])
 def test_readme_blocks_match_saved_results(marker, generate):
@@ -38,30 +41,59 @@ def test_notebook_result_block_matches_its_results(name):
     assert outputs > 0, "notebooks are committed with the outputs of their run"
 
 
-def test_final_model_under_8k_and_holds_the_bar_in_its_saved_run():
+FINAL_BUDGET = 5_000  # issue: the final model at <= 5,000 parameters (the exercise allows < 8,000)
+
+
+def test_final_model_within_budget_and_holds_the_bar_in_its_saved_run():
     res = load_results(RESULTS / "05_final.json")
-    assert res["params"] == count_params(final_net()) < 8000
+    assert res["params"] == count_params(final_net(res["config"]["arch"])) <= FINAL_BUDGET
+    assert res["config"]["arch"] == FINAL_ARCH, "the saved run is of the library's final arch"
     last5 = [row["test_acc"] for row in res["history"][-5:]]
     assert len(res["history"]) <= 15 and len(last5) == 5
     assert min(last5) >= BAR
 
 
-def test_seed_study_holds_the_bar_on_every_seed():
-    s = load_results(RESULTS / "seeds.json")
+@pytest.mark.parametrize("study", ["seeds.json", "heldout.json"])
+def test_final_model_holds_the_bar_on_every_seed(study):
+    final = load_results(RESULTS / "05_final.json")
+    s = load_results(RESULTS / study)
     assert s["notebook"] == "05_final.ipynb" and s["failed"] == 0 and s["finished"] >= 5
     assert s["holding_bar"] == s["finished"]
     for run in s["runs"]:
-        assert min(run["test_acc"][-5:]) >= BAR
+        assert run["params"] == final["params"] and run["config"]["arch"] == final["config"]["arch"]
+        assert run["epochs"] == 15 and min(run["test_acc"][-5:]) >= BAR
 
 
-def test_exported_model_loads_without_project_code_and_classifies(mnist):
-    program = torch.export.load(str(RESULTS / "05_final.pt2")).module()
+def test_held_out_seeds_were_never_used_to_choose():
+    tuned = {r["config"]["seed"] for p in RESULTS.glob("search_*.json") for r in load_results(p)["runs"]
+             if r["status"] == "ok"}
+    confirmed = {r["config"]["seed"] for r in load_results(RESULTS / "seeds.json")["runs"]}
+    held_out = {r["config"]["seed"] for r in load_results(RESULTS / "heldout.json")["runs"]}
+    assert tuned and held_out and not held_out & (tuned | confirmed)
+
+
+def test_exported_model_loads_without_project_code_and_holds_the_bar(mnist):
+    program = torch.export.load(str(RESULTS / "05_final.pt2"))
+    weights = sum(p.numel() for p in program.module().parameters())
+    assert weights == load_results(RESULTS / "05_final.json")["params"] <= FINAL_BUDGET
     (_, _), (x, y) = mnist
-    x = ((x[:500].float() / 255 - 0.1307) / 0.3081).unsqueeze(1)
+    x = ((x.float() / 255 - 0.1307) / 0.3081).unsqueeze(1)
     with torch.no_grad():
-        out = program(x)
-    assert out.shape == (500, 10)
-    assert (out.argmax(1) == y[:500]).float().mean() > 0.98
+        out = program.module()(x)
+    assert out.shape == (10_000, 10)
+    assert 100 * (out.argmax(1) == y).float().mean().item() >= BAR
+
+
+@pytest.mark.parametrize("name", list(report.STEPS))
+def test_no_saved_progress_bar_reads_as_stopped(name):
+    """Widget progress bars save their first state as text ("0/15 [00:00<?"): none may be committed."""
+    nb = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            assert "application/vnd.jupyter.widget-view+json" not in data, f"widget output in {name}"
+            text = "".join(out.get("text", "")) + "".join(data.get("text/plain", ""))
+            assert "<?, ?it/s]" not in text, f"a progress bar at its first state in {name}"
 
 
 @pytest.mark.parametrize("name", list(report.STEPS))

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from utils import (
+    check_settings,
     DeviceLoader,
     check_run_config,
     evaluate,
@@ -12,6 +13,7 @@ from utils import (
     pick_device,
     save_json,
     seed_everything,
+    start_run,
     summarize,
 )
 
@@ -130,3 +132,31 @@ def test_ema_model_is_what_was_tested_and_what_is_left(small_mnist):
     assert not torch.allclose(finals[0], finals[1])
     with pytest.raises(ValueError, match="ema_decay"):
         fit(model, train, test, opt, 1, ema_decay=1.5, progress=False, log=None)
+
+
+@pytest.mark.parametrize("setting, message", [
+    (dict(arch="resnet"), "unknown arch 'resnet'"),
+    (dict(arch="twopool", dropout=-0.1), r"dropout must be in \[0, 1\)"),
+    (dict(dropout=1.0), r"dropout must be in \[0, 1\)"),
+    (dict(dropout=0.1, dropout_kind="spatial"), "dropout_kind must be one of"),
+    (dict(rotate=-5.0), "rotate"),
+    (dict(rotate="7"), "rotate .* must be a number"),
+    (dict(translate=0.8), "translate"),
+    (dict(scale=-0.1), "scale"),
+    (dict(pct_start=0.0), "pct_start"),
+    (dict(ema_decay=1.0), "ema_decay"),
+    (dict(label_smoothing=1.0), "label_smoothing"),
+    (dict(weight_decay=-1e-4), "weight_decay"),
+    (dict(widths=[1, 2]), "unknown setting"),
+])
+def test_bad_model_settings_rejected_before_any_file(setting, message, tmp_path, monkeypatch):
+    monkeypatch.delenv("MNIST_SMOKE", raising=False)
+    results, images = tmp_path / "results", tmp_path / "images"
+    with pytest.raises(ValueError, match=message):
+        start_run(15, 128, 0.1, 0, "cpu", str(tmp_path / "data"), str(results), str(images), **setting)
+    assert not results.exists() and not images.exists() and not (tmp_path / "data").exists()
+
+
+def test_good_model_settings_pass():
+    check_settings(arch="twopool", dropout=0.0, dropout_kind="element", rotate=7.0, translate=0.05, scale=0.05,
+                   pct_start=0.2, ema_decay=None, label_smoothing=0.1, weight_decay=5e-4)

@@ -9,10 +9,10 @@ from .plots import plot_augmentation, plot_history, plot_misclassified, plot_see
 from .results import BAR, load_results, save_json, save_results, summarize
 from .summary import (count_params, format_receptive_field, receptive_field,
                       receptive_field_markdown, summary_table)
-from .train import check_run_config, evaluate, fit, pick_device, seed_everything, train_epoch
+from .train import check_run_config, check_settings, evaluate, fit, pick_device, seed_everything, train_epoch
 
 __all__ = [
-    "BAR", "MODELS", "DataError", "DeviceLoader", "GapNet", "PlainNet", "check_run_config",
+    "BAR", "MODELS", "DataError", "DeviceLoader", "GapNet", "PlainNet", "check_run_config", "check_settings",
     "classic_loader", "count_params", "ensure_mnist", "evaluate", "export_model", "final_net",
     "finish_run", "fit", "format_receptive_field", "format_summary", "lighter_net", "load_mnist",
     "load_results", "mnist_loaders", "pick_device", "plot_augmentation", "plot_history",

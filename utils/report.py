@@ -13,6 +13,7 @@ from pathlib import Path
 
 import nbformat
 
+from . import search
 from .models import final_net
 from .results import BAR, load_results
 from .summary import receptive_field, receptive_field_markdown, summary_table
@@ -181,6 +182,8 @@ def update_readme(readme: Path = REPO / "README.md", results_dir: Path = REPO / 
     text = replace_between(text, "results-table", results_table(results_dir))
     text = replace_between(text, "final-model", final_model_tables())
     text = replace_between(text, "seeds", seeds_table(results_dir / "seeds.json"))
+    text = replace_between(text, "search", search.search_table(results_dir))
+    text = replace_between(text, "ablation", search.ablation_table(results_dir))
     text = replace_between(text, "attempts", attempts_table(results_dir))
     text = replace_between(text, "performance", performance_table(results_dir / "bench.json"))
     readme.write_text(text)
