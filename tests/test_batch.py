@@ -56,8 +56,12 @@ def test_two_seeds_two_run_folders_and_summary(tiny_notebook, tmp_path):
     assert (tmp_path / "seeds.png").stat().st_size > 0
 
 
-def test_output_shows_runs_and_not_the_kernels_tcp_warnings(tiny_notebook, tmp_path, capfd):
-    batch.run_batch(tiny_notebook, [0], [["epochs", "3"]], out_dir=tmp_path)
+def test_output_shows_runs_and_not_the_kernels_tcp_warnings(tiny_notebook, tmp_path, capfd, monkeypatch):
+    # A relative --out from another folder: papermill runs in the notebook's folder, files must not follow it.
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    batch.run_batch(tiny_notebook, [0], [["epochs", "3"]], out_dir="runs")
+    tmp_path = tmp_path / "elsewhere" / "runs"
     out, err = capfd.readouterr()
     assert "seed0 done in" in out + err
     assert "without encryption" not in out + err

@@ -100,6 +100,8 @@ class EpochWatcher:
     LINE = re.compile(r"^epoch\s+(\d+)\s.*test loss \S+ acc ([\d.]+)%", re.M)
 
     def __init__(self, run_dir: Path):
+        # Absolute: papermill changes the working directory to the notebook's while it runs.
+        run_dir = Path(run_dir).resolve()
         self.progress = run_dir / PROGRESS_FILE
         self.log = open(run_dir / "output.log", "w")  # noqa: SIM115 - closed by close()
 
@@ -286,14 +288,16 @@ def run_pool(tasks: list[dict], jobs: int, desc: str, finished: list | None = No
 
 
 def run_batch(notebook, seeds, grid=(), jobs=1, out_dir=REPO / "runs", summary_path=None,
-              plot_path=None) -> dict:
+              plot_path=None, threads=None) -> dict:
     notebook = Path(notebook).resolve()
     if jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {jobs}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
     runs = plan_runs(notebook, list(seeds), [list(g) for g in grid])
     default_epochs = notebook_parameters(notebook).get("epochs", 1)
-    base = Path(out_dir) / notebook.stem
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    base = Path(out_dir).resolve() / notebook.stem
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     tasks = [dict(name=r["name"], run_dir=base / r["name"], epochs=r["parameters"].get("epochs", default_epochs),
                   fn=execute, args=(str(notebook), str(base / r["name"]), r["parameters"], threads))
              for r in runs]
@@ -324,12 +328,15 @@ def main(argv=None) -> int:
     parser.add_argument("-p", "--param", nargs="+", action="append", default=[], metavar=("NAME", "VALUE"),
                         help="a notebook parameter and one or more values (a grid axis)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
+    parser.add_argument("--threads", type=int, help="threads per run (default: cores // jobs); set it when "
+                        "two batches share the machine")
     parser.add_argument("--out", default=str(REPO / "runs"), help="folder for the runs (default runs/)")
     parser.add_argument("--summary", help="also save the summary JSON here (e.g. results/seeds.json)")
     parser.add_argument("--plot", help="save a test-accuracy-per-epoch plot here (e.g. images/seeds.png)")
     args = parser.parse_args(argv)
     try:
-        summary = run_batch(args.notebook, args.seeds, args.param, args.jobs, args.out, args.summary, args.plot)
+        summary = run_batch(args.notebook, args.seeds, args.param, args.jobs, args.out, args.summary, args.plot,
+                            args.threads)
     except ValueError as exc:
         parser.error(str(exc))
     return 0 if summary["failed"] == 0 else 1
