@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from utils import bench
+from utils import bench, count_params, final_net
 
 
 def test_tiny_benchmark_reports_all_fields(data_dir, tmp_path):
@@ -23,3 +23,12 @@ def test_tiny_benchmark_reports_all_fields(data_dir, tmp_path):
 def test_bad_benchmark_settings(data_dir):
     with pytest.raises(ValueError, match=">= 1"):
         bench.run_benchmark(data_dir=data_dir, batches=0, out=None)
+
+
+def test_benchmark_follows_the_final_notebook(data_dir):
+    recipe = bench.final_recipe()
+    report = bench.run_benchmark(data_dir=data_dir, batches=1, warmup=0, repeats=1, full_run=False,
+                                 num_workers=0, out=None)
+    assert report["recipe"] == recipe and report["batch_size"] == recipe["batch_size"]
+    assert report["params"] == count_params(final_net(recipe["arch"]))
+    assert f"±{recipe['rotate']}°" in report["augmentation"] and f"scale ±{recipe['scale']}" in report["augmentation"]

@@ -3,10 +3,12 @@
     python -m utils.bench                       # full benchmark, saves results/bench.json
     python -m utils.bench --no-full-run         # skip the 15-epoch training
 
-Both paths train the final model with ±7° random rotations and batch size 128:
-1. classic: torchvision MNIST + per-image RandomRotation/ToTensor/Normalize + DataLoader(num_workers=2);
-2. project: ``DeviceLoader`` (whole split on the device, rotation per batch with grid_sample).
+Both paths train the final model with the final recipe's augmentation and batch size, both read
+from the defaults of ``notebooks/05_final.ipynb`` (so the benchmark follows the notebook):
+1. classic: torchvision MNIST + per-image RandomAffine/ToTensor/Normalize + DataLoader(num_workers=2);
+2. project: ``DeviceLoader`` (whole split on the device, affine transform per batch with grid_sample).
 Each is timed over a fixed number of training batches after a warm-up, several times (median).
+The full run then trains the final notebook's recipe for 15 epochs, evaluation included.
 """
 
 from __future__ import annotations
@@ -24,12 +26,21 @@ import torch.nn.functional as F
 
 from .data import DeviceLoader, classic_loader, load_mnist, mnist_loaders
 from .experiment import machine_description
-from .models import final_net
+from .models import FINAL_ARCH, final_net
 from .results import save_json, summarize
+from .summary import count_params
 from .train import evaluate, fit, pick_device, seed_everything
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_IMAGES = 60_000
+FINAL_NOTEBOOK = REPO / "notebooks" / "05_final.ipynb"
+
+
+def final_recipe(notebook: Path = FINAL_NOTEBOOK) -> dict:
+    """The final notebook's parameter defaults: the recipe its saved run used."""
+    from .batch import notebook_parameters  # papermill reads the parameters cell
+
+    return notebook_parameters(notebook)
 
 
 def _sync(device):
@@ -92,12 +103,19 @@ def run_benchmark(device="auto", data_dir="data", batches=100, warmup=10, repeat
     if min(batches, repeats, epochs) < 1 or warmup < 0:
         raise ValueError("batches, repeats and epochs must be >= 1, warmup >= 0")
     device = pick_device(device)
-    classic = classic_loader(data_dir, train=True, batch_size=128, rotate=7.0, num_workers=num_workers)
+    recipe = final_recipe()
+    augment = {k: recipe[k] for k in ("rotate", "translate", "scale")}
+    batch_size = recipe["batch_size"]
+    classic = classic_loader(data_dir, train=True, batch_size=batch_size, num_workers=num_workers, **augment)
     images, labels = load_mnist(data_dir, train=True)
-    project = DeviceLoader(images, labels, batch_size=128, device=device, rotate=7.0)
+    project = DeviceLoader(images, labels, batch_size=batch_size, device=device, **augment)
+    model = final_net()
     report = dict(device=str(device), machine=machine_description(device), torch=torch.__version__,
-                  threads=torch.get_num_threads(), python=platform.python_version(), batch_size=128,
-                  augmentation="random rotation ±7°", model="final_net")
+                  threads=torch.get_num_threads(), python=platform.python_version(), batch_size=batch_size,
+                  augmentation=(f"random rotation ±{augment['rotate']}°, shift ±{augment['translate']}, "
+                                f"scale ±{augment['scale']}"),
+                  model=f"final_net(arch={FINAL_ARCH!r})", layout=getattr(model, "layout", FINAL_ARCH),
+                  params=count_params(model), recipe=recipe)
     print(f"benchmark on {report['machine']}, torch {report['torch']}, {report['threads']} threads")
     report["classic"] = time_training_batches(classic, device, batches, warmup, repeats)
     print(f"classic  DataLoader: {report['classic']['images_per_s']:>9.0f} img/s  "
@@ -112,8 +130,8 @@ def run_benchmark(device="auto", data_dir="data", batches=100, warmup=10, repeat
     for row in report["profile"]:
         print(f"  {row['share']:6.1%}  {row['op']}")
 
-    train_loader, test_loader = mnist_loaders(data_dir, batch_size=128, device=device, seed=1, rotate=7.0,
-                                              train_limit=train_limit)
+    train_loader, test_loader = mnist_loaders(data_dir, batch_size=batch_size, device=device,
+                                              seed=recipe["seed"], train_limit=train_limit, **augment)
     model = final_net().to(device)
     evaluate(model, test_loader)  # warm-up
     _sync(device)
@@ -123,14 +141,17 @@ def run_benchmark(device="auto", data_dir="data", batches=100, warmup=10, repeat
     report["eval_seconds"] = round(time.perf_counter() - start, 3)
     print(f"test-set evaluation: {report['eval_seconds']:.2f} s (10,000 images, batches of 1000)")
 
-    if full_run:
-        seed_everything(1)
-        model = final_net().to(device)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, epochs=epochs,
-                                                        steps_per_epoch=len(train_loader), pct_start=0.2)
+    if full_run:  # the final notebook's training, as its parameters cell sets it
+        seed_everything(recipe["seed"])
+        model = final_net(recipe["arch"], recipe["dropout"], recipe["dropout_kind"]).to(device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=recipe["lr"], momentum=0.9, nesterov=True,
+                                    weight_decay=recipe["weight_decay"])
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe["lr"], epochs=epochs,
+                                                        steps_per_epoch=len(train_loader),
+                                                        pct_start=recipe["pct_start"])
         start = time.perf_counter()
-        history = fit(model, train_loader, test_loader, optimizer, epochs, scheduler, progress=False, log=None)
+        history = fit(model, train_loader, test_loader, optimizer, epochs, scheduler, ema_decay=recipe["ema_decay"],
+                      label_smoothing=recipe["label_smoothing"], progress=False, log=None)
         _sync(device)
         s = summarize(history)
         report["full_run"] = dict(epochs=epochs, wall_seconds=round(time.perf_counter() - start, 1),

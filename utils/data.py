@@ -275,10 +275,18 @@ def mnist_loaders(data_dir="data", batch_size=128, device="cpu", seed=0, rotate=
 
 
 def classic_loader(data_dir="data", train=True, batch_size=128, rotate=7.0, num_workers=2,
-                   seed=0):
-    """The classic pipeline: torchvision dataset + per-image PIL transforms + DataLoader."""
+                   seed=0, translate=0.0, scale=0.0):
+    """The classic pipeline: torchvision dataset + per-image PIL transforms + DataLoader.
+
+    The training augmentation matches ``random_affine``'s ranges: rotation ±``rotate``°, shift
+    ±``translate`` of the size, zoom ±``scale``.
+    """
     ensure_mnist(data_dir)
-    steps = [transforms.RandomRotation((-rotate, rotate), fill=0)] if train and rotate else []
+    steps = []
+    if train and (rotate or translate or scale):
+        steps.append(transforms.RandomAffine(degrees=(-rotate, rotate),
+                                             translate=(translate, translate) if translate else None,
+                                             scale=(1 - scale, 1 + scale) if scale else None, fill=0))
     steps += [transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))]
     ds = datasets.MNIST(data_dir, train=train, download=False, transform=transforms.Compose(steps))
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=train,

@@ -149,12 +149,13 @@ def performance_table(path: Path) -> str:
     if not path.exists():
         return "_No benchmark saved yet: run `make bench`._"
     b = load_results(path)
+    model = f"`{b['model']}`, {b['params']:,} parameters" if "params" in b else "the final model"
     rows = [f"Measured on {b['machine']}, torch {b['torch']}, {b['threads']} threads, device `{b['device']}`; "
-            f"final model, batch size {b['batch_size']}, {b['augmentation']}.", "",
+            f"{model}, batch size {b['batch_size']}, {b['augmentation']}.", "",
             "| pipeline | images/s | s/epoch (60k) |", "|---|--:|--:|"]
     rows.append(f"| classic: torchvision MNIST + PIL transforms + DataLoader(num_workers=2) "
                 f"| {b['classic']['images_per_s']:,.0f} | {b['classic']['seconds_per_epoch']:.2f} |")
-    rows.append(f"| project: on-device tensor + batched grid_sample rotation "
+    rows.append(f"| project: on-device tensor + batched affine_grid/grid_sample "
                 f"| {b['project']['images_per_s']:,.0f} | {b['project']['seconds_per_epoch']:.2f} |")
     rows += ["", f"Speed-up per epoch: **{b['speedup']:.2f}×**. Test-set evaluation (10,000 images): "
              f"{b['eval_seconds']:.2f} s."]
@@ -163,7 +164,7 @@ def performance_table(path: Path) -> str:
         rows.append(f"Full {f['epochs']}-epoch training of the final model with the project's path, "
                     f"evaluation included: **{f['wall_seconds']:.0f} s** (final test accuracy "
                     f"{f['final_test_acc']:.2f} %).")
-    speed_target, wall_target = (30, 5) if b["device"].startswith("cuda") else (3, 60)
+    speed_target, wall_target = (30, 5) if b["device"].startswith("cuda") else (3, 120)
     verdict = lambda ok: "met" if ok else "**not met**"  # noqa: E731
     rows += ["", f"Targets for this device: per-epoch speed-up ≥ {speed_target}× — {b['speedup']:.2f}×, "
              f"{verdict(b['speedup'] >= speed_target)}"
