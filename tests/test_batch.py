@@ -110,6 +110,21 @@ def test_bad_input_is_rejected_before_anything_runs(tiny_notebook, tmp_path, see
     assert not (tmp_path / "runs").exists()
 
 
+def test_bad_model_setting_rejected_before_any_run(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('seed = 0\narch = "twopool"\ndropout = 0.0\nresults_dir = "r"\nimages_dir = "i"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, path)
+    with pytest.raises(ValueError, match="unknown arch 'nope'"):  # the second grid value: nothing ran for the first
+        batch.run_batch(path, [0], [["arch", "twopool", '"nope"']], out_dir=tmp_path / "runs")
+    with pytest.raises(ValueError, match="dropout must be in"):
+        batch.run_batch(path, [0], [["dropout", "1.5"]], out_dir=tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_unknown_notebook(tmp_path):
     with pytest.raises(ValueError, match="not found"):
         batch.plan_runs(tmp_path / "nope.ipynb", [0], [])

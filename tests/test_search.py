@@ -55,7 +55,7 @@ def test_search_table_reads_the_study_files(tmp_path):
     table = search.search_table(tmp_path)
     lines = table.splitlines()
     assert len(lines) == 4
-    assert "`search_a.json` | screen (tuning seeds) | slim" in lines[2] and "| 0/1 |" in lines[2]
+    assert "`search_a.json` | search | slim" in lines[2] and "| 0/1 |" in lines[2]
     assert "`seeds.json` | confirm | twopool" in lines[3] and "| 0–4 | 5/5 | 99.45 ± 0.00 |" in lines[3]
 
 

@@ -30,12 +30,14 @@ from tqdm.auto import tqdm
 
 from .experiment import SMOKE_ENV
 from .results import BAR, LAST_N, save_json
-from .train import NO_BARS_ENV
+from .train import NO_BARS_ENV, SETTING_CHECKS, check_settings
 
 REPO = Path(__file__).resolve().parents[1]
 # Parameters the runner sets itself for every run.
 RESERVED = {"seed", "results_dir", "images_dir"}
 PROGRESS_FILE = "progress.json"
+# Model/recipe parameters checked before any run starts (the notebook checks them again itself).
+SETTINGS = {*SETTING_CHECKS, "arch", "dropout_kind"}
 
 
 def notebook_parameters(notebook: Path) -> dict:
@@ -85,6 +87,7 @@ def plan_runs(notebook: Path, seeds: list[int], grid: list[list[str]]) -> list[d
     runs = []
     for combo in itertools.product(*axes.values()):
         fixed = dict(zip(axes, combo))
+        check_settings(**{k: v for k, v in {**defaults, **fixed}.items() if k in SETTINGS})
         for seed in seeds:
             label = "_".join(f"{k}={v}" for k, v in fixed.items() if len(axes[k]) > 1)
             runs.append(dict(name=f"{label}_seed{seed}" if label else f"seed{seed}",

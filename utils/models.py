@@ -160,6 +160,7 @@ ARCHS = {
     "slim": "c8 c8 M c12 c12 c16",            # 4,808: one pool, last conv on 8x8 -> 6x6
     "twopool": "c8 c8 M c12 c12 M c16p",      # 4,808: same weights, second pool, last conv on 4x4
     "twopool_small": "c8 c8 M c10 c12 M c16p",  # 4,444
+    "twopool_wide": "c8 c8 M c12 c16 M c16p",  # 5,824: the fallback if no <= 5,000 net holds
     "separable": "c8 c8 M d16 d24 d32 d32",   # 4,392: depthwise-separable after the pool
     "separable_small": "c8 c8 M d16 d32 d32",  # 3,440
 }

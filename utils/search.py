@@ -28,7 +28,7 @@ RECIPE = {
 }
 # A setting added after some studies ran: their configs lack it and ran with this value.
 ADDED_LATER = {"weight_decay": 0.0, "label_smoothing": 0.0}
-ROLES = {"search": "screen (tuning seeds)", "seeds": "confirm", "heldout": "held out (never tuned on)"}
+ROLES = {"search": "search", "seeds": "confirm", "heldout": "held out (never tuned on)"}
 
 
 def macs_per_image(model: torch.nn.Module) -> int:
