@@ -167,13 +167,17 @@ ARCHS = {
 FINAL_ARCH = "twopool"
 
 
-def final_net(arch: str = FINAL_ARCH, dropout: float = 0.0, dropout_kind: str = "element") -> nn.Module:
-    """Step 5: a compact layout from ``ARCHS`` (or "gap7624", the first final, step 4's net)."""
+def final_net(arch: str = FINAL_ARCH, dropout: float | None = None, dropout_kind: str = "element") -> nn.Module:
+    """Step 5: a compact layout from ``ARCHS``, or "gap7624" (step 4's net, the first final).
+
+    ``dropout`` None means the arch's own default: 0.05 for "gap7624" (as in steps 3-4), none for
+    the compact layouts.
+    """
     if arch == "gap7624":
-        return GapNet(*REGULARIZED_WIDTHS, dropout=dropout)
+        return GapNet(*REGULARIZED_WIDTHS, dropout=0.05 if dropout is None else dropout)
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}: use one of {', '.join([*ARCHS, 'gap7624'])}")
-    return CompactNet(ARCHS[arch], dropout=dropout, dropout_kind=dropout_kind)
+    return CompactNet(ARCHS[arch], dropout=dropout or 0.0, dropout_kind=dropout_kind)
 
 
 MODELS = {"skeleton": skeleton_net, "lighter": lighter_net, "regularized": regularized_net,
