@@ -22,6 +22,7 @@ def _block(text, marker):
     ("results-table", lambda: report.results_table(RESULTS)),
     ("final-model", report.final_model_tables),
     ("seeds", lambda: report.seeds_table(RESULTS / "seeds.json")),
+    ("heldout", lambda: report.seeds_table(RESULTS / "heldout.json")),
     ("attempts", lambda: report.attempts_table(RESULTS)),
     ("search", lambda: search.search_table(RESULTS)),
     ("ablation", lambda: search.ablation_table(RESULTS)),
