@@ -17,16 +17,23 @@ def _run(name, seed, last_min, holds, **changes):
 
 
 def test_recipe_differences():
-    assert search.recipe_differences(FINAL, FINAL) == "final recipe"
+    assert search.recipe_differences(FINAL, FINAL) == "same"
     assert search.recipe_differences({**FINAL, "ema_decay": None}, FINAL) == "EMA off"
     assert search.recipe_differences({**FINAL, "translate": 0.0, "scale": 0.0}, FINAL) == "shift ±0.0, scale ±0.0"
     # dropout kind only matters when there is dropout
-    assert search.recipe_differences({**FINAL, "dropout_kind": "channel"}, FINAL) == "final recipe"
+    assert search.recipe_differences({**FINAL, "dropout_kind": "channel"}, FINAL) == "same"
     assert search.recipe_differences({**FINAL, "dropout": 0.05, "dropout_kind": "channel"}, FINAL) == \
         "dropout 0.05, dropout kind channel"
     # a study run before weight_decay existed ran with 0.0
     older = {k: v for k, v in FINAL.items() if k != "weight_decay"}
-    assert search.recipe_differences(older, FINAL) == "final recipe"
+    assert search.recipe_differences(older, FINAL) == "same"
+
+
+def test_recipe_differences_read_the_nested_augmentation():
+    nested = {k: v for k, v in FINAL.items() if k not in ("rotate", "translate", "scale")}
+    nested["augmentation"] = dict(rotate=7.0, translate=0.0, scale=0.0)
+    assert search.recipe_differences(nested, FINAL) == "shift ±0.0, scale ±0.0"
+    assert search.recipe_differences(FINAL, search.SEARCH_BASE) == "same"
 
 
 def test_candidates_group_runs_by_name_without_seed():
@@ -50,13 +57,14 @@ def test_candidate_row_figures():
 
 def test_search_table_reads_the_study_files(tmp_path):
     save_json(tmp_path / "05_final.json", dict(config=FINAL))
-    save_json(tmp_path / "search_a.json", dict(runs=[_run("arch=slim_seed0", 0, 99.30, False, arch="slim")]))
-    save_json(tmp_path / "seeds.json", dict(runs=[_run(f"seed{s}", s, 99.45, True) for s in range(5)]))
-    table = search.search_table(tmp_path)
-    lines = table.splitlines()
+    save_json(tmp_path / "search_1_a.json", dict(runs=[_run("arch=slim_seed0", 0, 99.30, False, arch="slim",
+                                                                                 layout="c8 c8 M c12 c12 c16")]))
+    save_json(tmp_path / "search_2_b.json", dict(runs=[_run(f"seed{s}", s, 99.45, True) for s in range(5)]))
+    lines = search.search_table(tmp_path).splitlines()
     assert len(lines) == 4
-    assert "`search_a.json` | search | slim" in lines[2] and "| 0/1 |" in lines[2]
-    assert "`seeds.json` | confirm | twopool" in lines[3] and "| 0–4 | 5/5 | 99.45 ± 0.00 |" in lines[3]
+    assert lines[2].startswith("| `search_1_a.json` | slim | `c8 c8 M c12 c12 c16` | 4,808 | 612,160 |")
+    assert "| same | 0 | 0/1 | 99.30 | 99.30 |" in lines[2]
+    assert lines[3].startswith("| `search_2_b.json` | twopool |") and "| 0–4 | 5/5 | 99.45 ± 0.00 |" in lines[3]
 
 
 def test_ablation_table_compares_on_the_same_seeds(tmp_path):

@@ -164,7 +164,7 @@ ARCHS = {
     "separable": "c8 c8 M d16 d24 d32 d32",   # 4,392: depthwise-separable after the pool
     "separable_small": "c8 c8 M d16 d32 d32",  # 3,440
 }
-FINAL_ARCH = "twopool"
+FINAL_ARCH = "gap7624"
 
 
 def final_net(arch: str = FINAL_ARCH, dropout: float | None = None, dropout_kind: str = "element") -> nn.Module:
@@ -174,6 +174,8 @@ def final_net(arch: str = FINAL_ARCH, dropout: float | None = None, dropout_kind
     the compact layouts.
     """
     if arch == "gap7624":
+        if dropout_kind != "element":
+            raise ValueError(f"arch 'gap7624' has element-wise dropout only, got dropout_kind={dropout_kind!r}")
         return GapNet(*REGULARIZED_WIDTHS, dropout=0.05 if dropout is None else dropout)
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}: use one of {', '.join([*ARCHS, 'gap7624'])}")

@@ -26,7 +26,7 @@ STEPS = {
     "02_lighter": ("Lighter", "< 10k params", "narrower + 5×5 classifier conv"),
     "03_regularized": ("Regularized", "< 8k, regularize", "BN, dropout 0.05, ±7° rotation, GAP head"),
     "04_lr_scheduled": ("LR-scheduled", "≥ 99.40 % last 5, < 8k", "OneCycleLR (peak 0.1), Nesterov"),
-    "05_final": ("Final", "≥ 99.40 % last 5, ≤ 5k", "two-pool 4.8k layout, shift/zoom, peak LR 0.3, EMA"),
+    "05_final": ("Final", "≥ 99.40 % last 5, ≤ 5k", "step 4 + EMA of the weights"),
 }
 
 
@@ -119,8 +119,8 @@ def seeds_table(path: Path) -> str:
         alone = ""
         if single.exists():
             seconds = load_results(single)["summary"]["seconds"]
-            alone = (f" The main job's run of the same notebook, alone on the machine, spent "
-                     f"{seconds:.0f} s training (`results/05_final.json`).")
+            alone = (f" The main job's run of the same notebook spent {seconds:.0f} s training "
+                     f"(`results/05_final.json`).")
         lines += [f"Wall time: {s['wall_seconds']:.0f} s for {len(s['runs'])} runs with `--jobs {s['jobs']}` "
                   f"(≈ {s['wall_seconds'] / len(s['runs']):.0f} s per run).{alone}", ""]
     return "\n".join(lines + rows)

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = [REPO / "notebooks" / f"{name}.ipynb" for name in report.STEPS]
 LOGS = REPO / "runs" / "main"  # per notebook: output.log, kernel.log, progress.json
 # Relative cost of an epoch (measured: steps 3-4's dropout net is the slowest), to start it first.
-EXPECTED_EPOCH_COST = {"03_regularized": 3, "04_lr_scheduled": 3, "01_skeleton": 2, "02_lighter": 2}
+EXPECTED_EPOCH_COST = {"03_regularized": 3, "04_lr_scheduled": 3, "05_final": 3, "01_skeleton": 2, "02_lighter": 2}
 
 
 def resolve(names: list[str]) -> list[Path]:

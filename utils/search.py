@@ -1,10 +1,10 @@
 """The model search as evidence: multiply-adds per image, and the README's search and ablation
 tables built from the batch summaries saved under ``results/``.
 
-Studies are ``utils.batch`` summaries. Their role follows from the file name:
-``search_*.json`` screened candidates (their seeds were used to choose), ``seeds.json``
-confirmed the choice, ``heldout.json`` checked it on seeds never used to choose, and
-``ablation_*.json`` take one ingredient out of the final recipe at a time.
+Studies are ``utils.batch`` summaries whose runs carry their config: ``search_*.json`` are the
+search's studies (in the order they were made), ``ablation_*.json`` change one ingredient of
+the final recipe at a time. The final model's own seed studies (``seeds.json``,
+``heldout.json``) have their own README sections (``report.seeds_table``).
 """
 
 from __future__ import annotations
@@ -23,12 +23,15 @@ from .results import load_results
 RECIPE = {
     "dropout": "dropout {}", "dropout_kind": "dropout kind {}", "rotate": "rotate ±{}°",
     "translate": "shift ±{}", "scale": "scale ±{}", "ema_decay": "EMA {}",
-    "label_smoothing": "label smoothing {}", "lr": "peak LR {}", "pct_start": "warm-up {}",
+    "label_smoothing": "label smoothing {}", "lr": "peak LR {}",
     "batch_size": "batch {}", "weight_decay": "weight decay {}",
 }
+# The recipe every search study started from (the final notebook's parameters when the search
+# began); a search row lists only how it differs from this.
+SEARCH_BASE = dict(dropout=0.0, dropout_kind="element", rotate=7.0, translate=0.05, scale=0.05, ema_decay=0.999,
+                   label_smoothing=0.0, lr=0.1, batch_size=128, weight_decay=0.0)
 # A setting added after some studies ran: their configs lack it and ran with this value.
 ADDED_LATER = {"weight_decay": 0.0, "label_smoothing": 0.0}
-ROLES = {"search": "search", "seeds": "confirm", "heldout": "held out (never tuned on)"}
 
 
 def macs_per_image(model: torch.nn.Module) -> int:
@@ -39,14 +42,20 @@ def macs_per_image(model: torch.nn.Module) -> int:
     return counter.get_total_flops() // 2
 
 
+def flat_config(config: dict) -> dict:
+    """A run's config with the augmentation ranges (saved as a nested dict) at the top level."""
+    return {**config, **(config.get("augmentation") or {})}
+
+
 def recipe_differences(config: dict, reference: dict) -> str:
-    """How ``config`` differs from the final recipe ``reference``, e.g. "EMA None, dropout 0.05"."""
+    """How ``config`` differs from the recipe ``reference``, e.g. "EMA off, dropout 0.05"."""
+    config, reference = flat_config(config), flat_config(reference)
     diffs = []
     for key, text in RECIPE.items():
         mine, theirs = config.get(key, ADDED_LATER.get(key)), reference.get(key, ADDED_LATER.get(key))
         if mine != theirs and not (key == "dropout_kind" and not config.get("dropout")):
             diffs.append(text.format("off" if mine is None else mine))
-    return ", ".join(diffs) or "final recipe"
+    return ", ".join(diffs) or "same"
 
 
 def _mean_std(values: list[float]) -> str:
@@ -83,27 +92,16 @@ def _seeds(seeds: list[int]) -> str:
         else ", ".join(map(str, seeds))
 
 
-def study_files(results_dir: Path) -> list[tuple[str, Path]]:
-    """(role, path) of every study of the search, in the order it was done."""
-    files = [("search", p) for p in sorted(results_dir.glob("search_*.json"))]
-    files += [(role, results_dir / f"{role}.json") for role in ("seeds", "heldout")]
-    return [(role, path) for role, path in files if path.exists()]
-
-
 def search_table(results_dir: Path) -> str:
-    final = results_dir / "05_final.json"
-    if not final.exists():
-        return "_No final run saved yet._"
-    reference = load_results(final)["config"]
-    rows = ["| study | role | arch | layout | params | MACs/image | s/epoch | recipe | seeds | hold | "
+    reference = SEARCH_BASE
+    rows = ["| study | arch | layout | params | MACs/image | s/epoch | recipe | seeds | hold | "
             "last-5 min (mean ± std) | worst |",
-            "|---|---|---|---|--:|--:|--:|---|---|:-:|--:|--:|"]
+            "|---|---|---|--:|--:|--:|---|---|:-:|--:|--:|"]
     cache: dict = {}
-    for role, path in study_files(results_dir):
-        summary = load_results(path)
-        for runs in candidates(summary).values():
+    for path in sorted(results_dir.glob("search_*.json")):
+        for runs in candidates(load_results(path)).values():
             r = candidate_row(runs, reference, cache)
-            rows.append(f"| `{path.name}` | {ROLES[role]} | {r['arch']} | `{r['layout']}` | {r['params']:,} "
+            rows.append(f"| `{path.name}` | {r['arch']} | `{r['layout']}` | {r['params']:,} "
                         f"| {r['macs']:,} | {r['seconds_per_epoch']:.1f} | {r['recipe']} | {_seeds(r['seeds'])} "
                         f"| {r['holding']}/{r['runs']} | {r['last_min']} | {r['worst']:.2f} |")
     return "\n".join(rows) if len(rows) > 2 else "_No search study saved yet._"
