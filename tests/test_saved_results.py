@@ -27,6 +27,7 @@ def _block(text, marker):
     ("search", lambda: search.search_table(RESULTS)),
     ("ablation", lambda: search.ablation_table(RESULTS)),
     ("performance", lambda: report.performance_table(RESULTS / "bench.json")),
+    ("main-job", lambda: report.main_job_line(RESULTS / "main_job.json")),
 ])
 def test_readme_blocks_match_saved_results(marker, generate):
     assert _block((REPO / "README.md").read_text(), marker) == generate()

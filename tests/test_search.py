@@ -80,3 +80,16 @@ def test_ablation_table_compares_on_the_same_seeds(tmp_path):
 @pytest.mark.parametrize("name", ["search_table", "ablation_table"])
 def test_tables_say_when_nothing_is_saved(tmp_path, name):
     assert getattr(search, name)(tmp_path).startswith("_No")
+
+
+def test_main_job_line_says_whether_the_goal_is_met(tmp_path):
+    from utils import report
+
+    path = tmp_path / "main_job.json"
+    assert report.main_job_line(path).startswith("_No main job timing")
+    save_json(path, dict(wall_seconds=700.0, jobs=2, threads_per_notebook=1, machine="test CPU",
+                         notebooks={"01_skeleton": 300.0, "05_final": 400.0}))
+    line = report.main_job_line(path)
+    assert "**11.7 minutes**" in line and "01_skeleton 300 s" in line and line.endswith("met.")
+    save_json(path, dict(wall_seconds=800.0, jobs=2, threads_per_notebook=1, machine="test CPU", notebooks={}))
+    assert report.main_job_line(path).endswith("**not met**.")

@@ -178,6 +178,18 @@ def performance_table(path: Path) -> str:
     return "\n".join(rows)
 
 
+def main_job_line(path: Path) -> str:
+    """The main job's wall time, from the file ``make run`` leaves (``results/main_job.json``)."""
+    if not path.exists():
+        return "_No main job timing saved yet: run `make run`._"
+    m = load_results(path)
+    per = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in m["notebooks"].items())
+    verdict = "met" if m["wall_seconds"] <= 12 * 60 else "**not met**"
+    return (f"Last full `make run`: **{m['wall_seconds'] / 60:.1f} minutes** wall time on {m['machine']}, "
+            f"{m['jobs']} notebooks at a time with {m['threads_per_notebook']} thread(s) each ({per}). "
+            f"Goal ≤ 12 minutes: {verdict}.")
+
+
 def update_readme(readme: Path = REPO / "README.md", results_dir: Path = REPO / "results") -> None:
     text = readme.read_text()
     text = replace_between(text, "results-table", results_table(results_dir))
@@ -188,6 +200,7 @@ def update_readme(readme: Path = REPO / "README.md", results_dir: Path = REPO / 
     text = replace_between(text, "ablation", search.ablation_table(results_dir))
     text = replace_between(text, "attempts", attempts_table(results_dir))
     text = replace_between(text, "performance", performance_table(results_dir / "bench.json"))
+    text = replace_between(text, "main-job", main_job_line(results_dir / "main_job.json"))
     readme.write_text(text)
 
 
