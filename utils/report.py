@@ -187,7 +187,7 @@ def main_job_line(path: Path) -> str:
     verdict = "met" if m["wall_seconds"] <= 12 * 60 else "**not met**"
     return (f"Last full `make run`: **{m['wall_seconds'] / 60:.1f} minutes** wall time on {m['machine']}, "
             f"{m['jobs']} notebooks at a time with {m['threads_per_notebook']} thread(s) each ({per}). "
-            f"Goal ≤ 12 minutes: {verdict}.")
+            f"Goal ≤ 12 minutes: {verdict}." + (f" Note: {m['note']}" if m.get("note") else ""))
 
 
 def update_readme(readme: Path = REPO / "README.md", results_dir: Path = REPO / "results") -> None:
