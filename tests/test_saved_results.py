@@ -65,13 +65,32 @@ def test_final_model_holds_the_bar_on_every_seed():
         assert run["epochs"] == 15 and min(run["test_acc"][-5:]) >= BAR
 
 
+def test_final_model_holds_the_bar_on_held_out_seeds():
+    final = load_results(RESULTS / "05_final.json")
+    s = load_results(RESULTS / "heldout.json")
+    assert s["notebook"] == "05_final.ipynb" and s["failed"] == 0 and s["finished"] >= 4
+    assert s["holding_bar"] == s["finished"]
+    for run in s["runs"]:
+        assert run["params"] == final["params"] and run["config"]["arch"] == final["config"]["arch"]
+        assert run["epochs"] == 15 and min(run["test_acc"][-5:]) >= BAR
+
+
+def test_held_out_seeds_were_never_used_before():
+    used = {r["config"]["seed"] for p in RESULTS.glob("search_*.json") for r in load_results(p)["runs"]
+            if r["status"] == "ok"}
+    used |= {int(r["run"].removeprefix("seed")) for r in load_results(RESULTS / "seeds.json")["runs"]}
+    held_out = {r["config"]["seed"] for r in load_results(RESULTS / "heldout.json")["runs"]}
+    assert held_out and used and not held_out & used
+
+
 def test_search_studies_record_what_each_run_was():
     studies = sorted(RESULTS.glob("search_*.json"))
     assert studies
     for path in studies:
         for run in load_results(path)["runs"]:
             if run["status"] == "ok":
-                assert {"arch", "seed", "lr", "rotate", "translate", "scale"} <= set(run["config"]), path.name
+                keys = set(search.flat_config(run["config"]))
+                assert {"arch", "seed", "lr", "rotate", "translate", "scale"} <= keys, path.name
 
 
 def test_exported_model_loads_without_project_code_and_holds_the_bar(mnist):
