@@ -93,3 +93,10 @@ def test_main_job_line_says_whether_the_goal_is_met(tmp_path):
     assert "**11.7 minutes**" in line and "01_skeleton 300 s" in line and line.endswith("met.")
     save_json(path, dict(wall_seconds=800.0, jobs=2, threads_per_notebook=1, machine="test CPU", notebooks={}))
     assert report.main_job_line(path).endswith("**not met**.")
+
+
+def test_ablation_table_asks_for_a_fresh_seed_study_when_runs_lack_configs(tmp_path):
+    save_json(tmp_path / "05_final.json", dict(config=FINAL))
+    save_json(tmp_path / "seeds.json", dict(runs=[dict(run="seed0", status="ok", params=4808)]))
+    save_json(tmp_path / "ablation_ema.json", dict(runs=[_run("seed0", 0, 99.30, False, ema_decay=None)]))
+    assert "run `make seeds`" in search.ablation_table(tmp_path)

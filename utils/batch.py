@@ -91,7 +91,7 @@ def plan_runs(notebook: Path, seeds: list[int], grid: list[list[str]]) -> list[d
         for seed in seeds:
             label = "_".join(f"{k}={v}" for k, v in fixed.items() if len(axes[k]) > 1)
             runs.append(dict(name=f"{label}_seed{seed}" if label else f"seed{seed}",
-                             parameters={**fixed, "seed": seed}))
+                             parameters={**fixed, "seed": seed}, epochs=fixed.get("epochs", defaults.get("epochs", 1))))
     return runs
 
 
@@ -170,8 +170,7 @@ def execute(notebook: str, run_dir: str, parameters: dict, threads: int) -> dict
     start = time.perf_counter()
     outcome = execute_notebook(notebook, str(output), parameters, threads, str(run_dir))
     if outcome["status"] == "ok":
-        results = sorted(run_dir.glob("*.json"))
-        results = [p for p in results if p.name != PROGRESS_FILE]
+        results = sorted(p for p in run_dir.glob("*.json") if p.name != PROGRESS_FILE)
         if results:
             outcome.update(run_record(json.loads(results[0].read_text())))
         else:
@@ -298,10 +297,9 @@ def run_batch(notebook, seeds, grid=(), jobs=1, out_dir=REPO / "runs", summary_p
     if threads is not None and threads < 1:
         raise ValueError(f"--threads must be >= 1, got {threads}")
     runs = plan_runs(notebook, list(seeds), [list(g) for g in grid])
-    default_epochs = notebook_parameters(notebook).get("epochs", 1)
     base = Path(out_dir).resolve() / notebook.stem
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
-    tasks = [dict(name=r["name"], run_dir=base / r["name"], epochs=r["parameters"].get("epochs", default_epochs),
+    tasks = [dict(name=r["name"], run_dir=base / r["name"], epochs=r["epochs"],
                   fn=execute, args=(str(notebook), str(base / r["name"]), r["parameters"], threads))
              for r in runs]
     records: list[dict] = []

@@ -173,6 +173,8 @@ def final_net(arch: str = FINAL_ARCH, dropout: float | None = None, dropout_kind
     ``dropout`` None means the arch's own default: 0.05 for "gap7624" (as in steps 3-4), none for
     the compact layouts.
     """
+    if dropout_kind not in DROPOUT_KINDS:
+        raise ValueError(f"dropout_kind must be one of {sorted(DROPOUT_KINDS)}, got {dropout_kind!r}")
     if arch == "gap7624":
         if dropout_kind != "element":
             raise ValueError(f"arch 'gap7624' has element-wise dropout only, got dropout_kind={dropout_kind!r}")

@@ -93,14 +93,13 @@ def _seeds(seeds: list[int]) -> str:
 
 
 def search_table(results_dir: Path) -> str:
-    reference = SEARCH_BASE
     rows = ["| study | arch | layout | params | MACs/image | s/epoch | recipe | seeds | hold | "
             "last-5 min (mean ± std) | worst |",
             "|---|---|---|--:|--:|--:|---|---|:-:|--:|--:|"]
     cache: dict = {}
     for path in sorted(results_dir.glob("search_*.json")):
         for runs in candidates(load_results(path)).values():
-            r = candidate_row(runs, reference, cache)
+            r = candidate_row(runs, SEARCH_BASE, cache)
             rows.append(f"| `{path.name}` | {r['arch']} | `{r['layout']}` | {r['params']:,} "
                         f"| {r['macs']:,} | {r['seconds_per_epoch']:.1f} | {r['recipe']} | {_seeds(r['seeds'])} "
                         f"| {r['holding']}/{r['runs']} | {r['last_min']} | {r['worst']:.2f} |")
@@ -114,10 +113,12 @@ def ablation_table(results_dir: Path) -> str:
     paths = sorted(results_dir.glob("ablation_*.json"))
     if not (paths and final.exists() and seeds.exists()):
         return "_No ablation saved yet._"
+    base = load_results(seeds)
+    if any("config" not in r for r in base["runs"]):
+        return "_The saved seed study predates per-run configs: run `make seeds`, then the ablation table follows._"
     reference = load_results(final)["config"]
     studies = [(p.name, load_results(p)) for p in paths]
     used = {r["config"]["seed"] for _, s in studies for r in s["runs"] if r["status"] == "ok"}
-    base = load_results(seeds)
     base["runs"] = [r for r in base["runs"] if r["status"] == "ok" and r["config"]["seed"] in used]
     rows = ["| what changes | study | seeds | hold | last-5 min (mean ± std) | worst | final test (mean) |",
             "|---|---|---|:-:|--:|--:|--:|"]
