@@ -1,10 +1,11 @@
 import shutil
 from pathlib import Path
 
+import nbformat
 import pytest
 import torch
 
-from utils import data
+from utils import batch, data
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,3 +40,34 @@ def small_mnist(mnist):
     (x, y), (xt, yt) = mnist
     torch.manual_seed(0)
     return x[:512], y[:512], xt[:256], yt[:256]
+
+
+TINY = '''import json, os, pathlib, time
+assert os.environ.get("OMP_NUM_THREADS")
+if fail_on_seed == seed:
+    raise RuntimeError(f"boom on seed {seed}")
+if sleep_on_seed == seed:
+    print("sleeping", flush=True)
+    time.sleep(120)
+history = [dict(epoch=e, train_acc=99.0, test_acc=99.3 + seed / 10 + e / 100, seconds=0.1)
+           for e in range(1, epochs + 1)]
+for row in history:  # the line utils.fit prints, which the runner follows
+    print(f"epoch {row['epoch']:2d}  lr 0.1000  train loss 0.1 acc 99.00%  test loss 0.1 acc {row['test_acc']:.2f}%")
+from utils.results import save_results
+save_results(pathlib.Path(results_dir) / "tiny.json", "tiny", dict(lr=lr), 123, history)'''
+
+
+@pytest.fixture
+def tiny_notebook(tmp_path):
+    """A notebook with a parameters cell like the series' ones; it 'trains' instantly."""
+    nb = nbformat.v4.new_notebook()
+    setup = nbformat.v4.new_code_cell(f"import sys; sys.path.insert(0, {str(batch.REPO)!r})")
+    params = nbformat.v4.new_code_cell('epochs = 15\nlr = 0.1\nseed = 1\nfail_on_seed = -1\nsleep_on_seed = -1\n'
+                                       'train_limit = None\nshape = None\n'
+                                       'results_dir = "results"\nimages_dir = "images"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [setup, params, nbformat.v4.new_code_cell(TINY)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "tiny.ipynb"
+    nbformat.write(nb, path)
+    return path

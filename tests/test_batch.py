@@ -1,38 +1,18 @@
 """The batch runner on a tiny configuration: real papermill runs of a small notebook."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import nbformat
+import psutil
 import pytest
 
 from utils import batch
-
-TINY = '''import json, os, pathlib
-assert os.environ.get("OMP_NUM_THREADS")
-if fail_on_seed == seed:
-    raise RuntimeError(f"boom on seed {seed}")
-history = [dict(epoch=e, train_acc=99.0, test_acc=99.3 + seed / 10 + e / 100, seconds=0.1)
-           for e in range(1, epochs + 1)]
-for row in history:  # the line utils.fit prints, which the runner follows
-    print(f"epoch {row['epoch']:2d}  lr 0.1000  train loss 0.1 acc 99.00%  test loss 0.1 acc {row['test_acc']:.2f}%")
-from utils.results import save_results
-save_results(pathlib.Path(results_dir) / "tiny.json", "tiny", dict(lr=lr), 123, history)'''
-
-
-@pytest.fixture
-def tiny_notebook(tmp_path):
-    """A notebook with a parameters cell like the series' ones; it 'trains' instantly."""
-    nb = nbformat.v4.new_notebook()
-    setup = nbformat.v4.new_code_cell(f"import sys; sys.path.insert(0, {str(batch.REPO)!r})")
-    params = nbformat.v4.new_code_cell('epochs = 15\nlr = 0.1\nseed = 1\nfail_on_seed = -1\n'
-                                       'train_limit = None\nresults_dir = "results"\nimages_dir = "images"')
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [setup, params, nbformat.v4.new_code_cell(TINY)]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    path = tmp_path / "tiny.ipynb"
-    nbformat.write(nb, path)
-    return path
-
+from utils.notebook_run import EpochWatcher, read_progress
 
 def test_two_seeds_two_run_folders_and_summary(tiny_notebook, tmp_path):
     out = tmp_path / "runs"
@@ -68,17 +48,17 @@ def test_output_shows_runs_and_not_the_kernels_tcp_warnings(tiny_notebook, tmp_p
     run_dir = tmp_path / "tiny" / "seed0"
     assert "epoch  3" in (run_dir / "output.log").read_text()
     assert (run_dir / "kernel.log").is_file()
-    assert batch.read_progress(run_dir) == {"epoch": 3, "test_acc": 99.33}
+    assert read_progress(run_dir) == {"epoch": 3, "test_acc": 99.33}
 
 
 def test_epoch_watcher_keeps_the_latest_epoch(tmp_path):
-    watcher = batch.EpochWatcher(tmp_path)
-    assert batch.read_progress(tmp_path) is None
+    watcher = EpochWatcher(tmp_path)
+    assert read_progress(tmp_path) is None
     watcher.write("device: cpu\n")
     watcher.write("epoch  1  lr 0.0100  train loss 0.5 acc 90.00%  test loss 0.2 acc 97.50%  (9.0 s)\n"
                   "epoch  2  lr 0.0200  train loss 0.3 acc 95.00%  test loss 0.1 acc 98.25%  (9.0 s)\n")
     watcher.close()
-    assert batch.read_progress(tmp_path) == {"epoch": 2, "test_acc": 98.25}
+    assert read_progress(tmp_path) == {"epoch": 2, "test_acc": 98.25}
     assert "device: cpu" in (tmp_path / "output.log").read_text()
 
 
@@ -138,5 +118,106 @@ def test_cli_reports_bad_input_as_usage_error(tiny_notebook, capsys):
 
 
 def test_tuple_values_reach_the_notebook_as_lists(tiny_notebook):
-    run = batch.plan_runs(tiny_notebook, [0], [["train_limit", "(1, 2)"]])[0]
-    assert run["parameters"]["train_limit"] == [1, 2]
+    run = batch.plan_runs(tiny_notebook, [0], [["shape", "(1, 2)"]])[0]
+    assert run["parameters"]["shape"] == [1, 2]
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("batch_size", "0", "batch_size must be >= 1"),
+    ("epochs", "16", "epochs must be between 1 and 15"),
+    ("lr", "-1", "lr must be a number > 0"),
+    ("device", "tpu", "unknown device 'tpu'"),
+    ("train_limit", "0", "train_limit must be None or an integer >= 1"),
+])
+def test_bad_run_setting_rejected_before_any_run(name, value, message, tmp_path):
+    notebook = batch.REPO / "notebooks" / "01_skeleton.ipynb"
+    with pytest.raises(ValueError, match=message):  # the first grid value is fine: nothing ran for it
+        batch.run_batch(notebook, [0], [[name, *(["3"] if name == "epochs" else []), value]],
+                        out_dir=tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_kernel_that_dies_at_start_is_started_again(tiny_notebook, tmp_path, monkeypatch):
+    from utils import notebook_run
+
+    real, calls = notebook_run.pm.execute_notebook, []
+
+    def first_start_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:  # what a port clash looks like from papermill
+            raise RuntimeError("Kernel died before replying to kernel_info")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(notebook_run.pm, "execute_notebook", first_start_fails)
+    record = notebook_run.execute(str(tiny_notebook), str(tmp_path / "seed0"), {"seed": 0, "epochs": 2}, 1)
+    assert record["status"] == "ok" and record["kernel_starts"] == 2 and len(calls) == 2
+    assert record["test_acc"] == [99.31, 99.32]
+
+
+def test_a_failing_cell_is_not_retried(tiny_notebook, tmp_path):
+    from utils import notebook_run
+
+    record = notebook_run.execute(str(tiny_notebook), str(tmp_path / "seed0"), {"seed": 0, "fail_on_seed": 0}, 1)
+    assert record["status"] == "failed" and record["kernel_starts"] == 1
+
+
+def test_kernels_get_the_isa_ceiling_and_results_record_it(tmp_path, monkeypatch):
+    from utils import notebook_run, repro
+
+    for name in repro.ISA_CEILING:
+        monkeypatch.delenv(name, raising=False)
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('seed = 0\nresults_dir = "r"\nimages_dir = "i"')
+    params.metadata["tags"] = ["parameters"]
+    probe = nbformat.v4.new_code_cell(
+        f"import sys; sys.path.insert(0, {str(batch.REPO)!r})\n"
+        "import json, pathlib, torch\nfrom utils.repro import cpu_info\n"
+        "torch.ones(3).sum()\n"
+        "pathlib.Path(results_dir, 'cpu.json').write_text(json.dumps(cpu_info()))")
+    nb.cells = [params, probe]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "probe.ipynb")
+    notebook_run.execute_notebook(str(tmp_path / "probe.ipynb"), str(tmp_path / "out.ipynb"),
+                                  {"results_dir": str(tmp_path)}, 1, str(tmp_path / "run"))
+    info = json.loads((tmp_path / "cpu.json").read_text())
+    assert info["onednn_max_cpu_isa"] == "AVX2" and info["aten_cpu_capability"] == "avx2"
+    assert info["torch_cpu_capability"] in ("AVX2", "DEFAULT")  # never above the ceiling
+    assert info["threads"] == 1
+
+
+def test_ctrl_c_stops_every_run_and_keeps_the_finished_ones(tiny_notebook, tmp_path):
+    out = tmp_path / "runs"
+    env = {**os.environ, "PYTHONPATH": str(batch.REPO)}
+    runner = subprocess.Popen([sys.executable, "-m", "utils.batch", str(tiny_notebook), "--seeds", "0", "1",
+                               "-p", "sleep_on_seed", "1", "--jobs", "2", "--threads", "1", "--out", str(out)],
+                              cwd=batch.REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    done, sleeping = out / "tiny" / "seed0" / "tiny.json", out / "tiny" / "seed1" / "output.log"
+    lines = []
+    for line in runner.stdout:  # one line per event: wait for seed 0 to be reported done
+        lines.append(line)
+        if "seed0 done" in line:
+            break
+    assert "seed0 done" in lines[-1], "".join(lines)
+    deadline = time.time() + 60
+    while not (sleeping.exists() and "sleeping" in sleeping.read_text()):
+        assert runner.poll() is None and time.time() < deadline, "".join(lines)
+        time.sleep(0.5)
+    kernels = [p for p in psutil.Process(runner.pid).children(recursive=True) if "ipykernel" in " ".join(p.cmdline())]
+    assert kernels, "the sleeping run's kernel should be alive before Ctrl-C"
+    runner.send_signal(signal.SIGINT)
+    output = runner.communicate(timeout=60)[0]
+    assert "interrupted: stopped 1 unfinished run(s) (seed1" in output
+    _, alive = psutil.wait_procs(kernels, timeout=10)
+    assert not alive, f"kernels left running: {alive}"
+    assert done.exists()
+    summary = json.loads((out / "tiny" / "summary.json").read_text())
+    assert [r["run"] for r in summary["runs"]] == ["seed0"] and summary["finished"] == 1
+
+
+def test_a_log_file_gets_one_line_per_event_and_no_bar(tiny_notebook, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "utils.batch", str(tiny_notebook), "--seeds", "0",
+                             "-p", "epochs", "2", "--out", str(tmp_path / "runs")], cwd=batch.REPO,
+                            env={**os.environ, "PYTHONPATH": str(batch.REPO)}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stdout + result.stderr and "epoch/s" not in result.stderr
+    assert "seed0: epoch" in result.stdout or "seed0 done in" in result.stdout

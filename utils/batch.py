@@ -7,7 +7,10 @@ Each run is executed into ``runs/<notebook>/<run name>/`` (git-ignored) together
 results JSON. The summary (per run and over runs) is printed and saved as
 ``runs/<notebook>/summary.json`` (and to ``--summary`` if given). A run that raises is
 reported with its error and the path of its executed copy; the other runs go on. Ctrl-C
-stops launching runs; finished runs and their files stay as they are.
+stops every run still going (their kernels too); finished runs and their files stay as they are.
+
+With ``--scheduler tcp://HOST:PORT`` the runs go to a Dask cluster instead of this machine's
+processes (``utils.executors``); everything else, files under ``--out`` included, is the same.
 """
 
 from __future__ import annotations
@@ -15,29 +18,26 @@ from __future__ import annotations
 import argparse
 import ast
 import itertools
-import json
 import os
-import re
 import statistics
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from multiprocessing import get_context
+from concurrent.futures import FIRST_COMPLETED, wait
 from pathlib import Path
 
 import papermill as pm
 from tqdm.auto import tqdm
 
-from .experiment import SMOKE_ENV
 from .results import BAR, LAST_N, save_json
-from .train import NO_BARS_ENV, SETTING_CHECKS, check_settings
+from .train import SETTING_CHECKS, check_run_values, check_settings, pick_device
 
 REPO = Path(__file__).resolve().parents[1]
 # Parameters the runner sets itself for every run.
 RESERVED = {"seed", "results_dir", "images_dir"}
-PROGRESS_FILE = "progress.json"
 # Model/recipe parameters checked before any run starts (the notebook checks them again itself).
 SETTINGS = {*SETTING_CHECKS, "arch", "dropout_kind"}
+# The run's own settings, with stand-ins for a notebook that lacks one (checked by check_run_values).
+RUN_SETTINGS = dict(epochs=1, batch_size=1, lr=1.0, device="auto", train_limit=None)
 
 
 def notebook_parameters(notebook: Path) -> dict:
@@ -67,7 +67,18 @@ def parse_value(name: str, text: str, default):
     return value
 
 
-def plan_runs(notebook: Path, seeds: list[int], grid: list[list[str]]) -> list[dict]:
+def check_run_point(values: dict, local: bool = True) -> None:
+    """Check one grid point's settings (all of them, the run's and the model's) before any run:
+    a bad value fails here, not in a kernel 20 s later. ``local``: also that this machine has the
+    device (a cluster's workers may have one that this machine lacks)."""
+    run = {k: values[k] for k in RUN_SETTINGS if k in values}
+    check_run_values(**{**RUN_SETTINGS, **run})
+    if local:
+        pick_device(run.get("device", "auto"))
+    check_settings(**{k: v for k, v in values.items() if k in SETTINGS})
+
+
+def plan_runs(notebook: Path, seeds: list[int], grid: list[list[str]], local: bool = True) -> list[dict]:
     """Validate everything and return one ``{name, parameters}`` per run, before anything runs."""
     if not notebook.is_file():
         raise ValueError(f"notebook {str(notebook)!r} not found")
@@ -87,7 +98,7 @@ def plan_runs(notebook: Path, seeds: list[int], grid: list[list[str]]) -> list[d
     runs = []
     for combo in itertools.product(*axes.values()):
         fixed = dict(zip(axes, combo))
-        check_settings(**{k: v for k, v in {**defaults, **fixed}.items() if k in SETTINGS})
+        check_run_point({**defaults, **fixed}, local)
         for seed in seeds:
             label = "_".join(f"{k}={v}" for k, v in fixed.items() if len(axes[k]) > 1)
             runs.append(dict(name=f"{label}_seed{seed}" if label else f"seed{seed}",
@@ -95,98 +106,11 @@ def plan_runs(notebook: Path, seeds: list[int], grid: list[list[str]]) -> list[d
     return runs
 
 
-class EpochWatcher:
-    """A file-like sink for a notebook's stdout (papermill's ``stdout_file``): it keeps the text in
-    ``output.log`` and the latest per-epoch line of ``utils.fit`` in ``progress.json``, which the
-    parent process reads to show each run's progress while it trains."""
-
-    LINE = re.compile(r"^epoch\s+(\d+)\s.*test loss \S+ acc ([\d.]+)%", re.M)
-
-    def __init__(self, run_dir: Path):
-        # Absolute: papermill changes the working directory to the notebook's while it runs.
-        run_dir = Path(run_dir).resolve()
-        self.progress = run_dir / PROGRESS_FILE
-        self.log = open(run_dir / "output.log", "w")  # noqa: SIM115 - closed by close()
-
-    def write(self, text: str) -> None:
-        self.log.write(text)
-        found = self.LINE.findall(text)
-        if found:
-            epoch, acc = found[-1]
-            save_json(self.progress, dict(epoch=int(epoch), test_acc=float(acc)))
-
-    def flush(self) -> None:
-        self.log.flush()
-
-    def close(self) -> None:
-        self.log.close()
-
-
-def read_progress(run_dir: Path) -> dict | None:
-    try:
-        return json.loads((Path(run_dir) / PROGRESS_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def execute_notebook(notebook: str, output: str, parameters: dict, threads: int, run_dir: str) -> dict:
-    """Run one notebook with papermill in this (worker) process; never raises for the run's own errors.
-
-    The kernel gets ``threads`` threads and no progress bars; its own stderr (e.g. jupyter's
-    "running over TCP" warning) goes to ``run_dir/kernel.log``, not to the batch's output.
-    """
-    os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by the kernel
-    os.environ[NO_BARS_ENV] = "1"
-    os.environ.pop(SMOKE_ENV, None)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / PROGRESS_FILE).unlink(missing_ok=True)
-    sys.stderr.flush()
-    saved_stderr = os.dup(2)
-    watcher = EpochWatcher(run_dir)
-    try:
-        with open(run_dir / "kernel.log", "w") as kernel_log:
-            os.dup2(kernel_log.fileno(), 2)  # the kernel process inherits this descriptor
-            pm.execute_notebook(notebook, output, parameters=parameters, cwd=str(Path(notebook).parent),
-                                progress_bar=False, kernel_name="python3", stdout_file=watcher)
-    except pm.PapermillExecutionError as exc:
-        return {"status": "failed", "error": f"{exc.ename}: {exc.evalue}"}
-    except Exception as exc:  # noqa: BLE001 - e.g. a dead kernel: report, let others go on
-        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-    finally:
-        os.dup2(saved_stderr, 2)
-        os.close(saved_stderr)
-        watcher.close()
-    return {"status": "ok"}
-
-
-def execute(notebook: str, run_dir: str, parameters: dict, threads: int) -> dict:
-    """One run of a batch: execute into ``run_dir`` and read its results JSON into a record."""
-    run_dir = Path(run_dir)
-    output = run_dir / Path(notebook).name
-    parameters = {**parameters, "results_dir": str(run_dir), "images_dir": str(run_dir / "images")}
-    shown = {k: _display(v) if k in ("results_dir", "images_dir") else v for k, v in parameters.items()}
-    record = dict(run=run_dir.name, parameters=shown, notebook=_display(output))
-    start = time.perf_counter()
-    outcome = execute_notebook(notebook, str(output), parameters, threads, str(run_dir))
-    if outcome["status"] == "ok":
-        results = sorted(p for p in run_dir.glob("*.json") if p.name != PROGRESS_FILE)
-        if results:
-            outcome.update(run_record(json.loads(results[0].read_text())))
-        else:
-            outcome = {"status": "failed", "error": "the notebook wrote no results JSON"}
-    return {**record, **outcome, "seconds": round(time.perf_counter() - start, 1)}
-
-
-def run_record(res: dict) -> dict:
-    """The figures of one run kept in a batch summary, from its results JSON. The full config
-    (model, recipe) comes along, so a study's table can say what each run was."""
-    s = res["summary"]
-    return {"params": res["params"], "final_test_acc": s["final_test_acc"],
-            "last_min_test_acc": s["last_min_test_acc"], "best_test_acc": s["best_test_acc"],
-            "holds_bar": s["holds_bar"], "epochs": s["epochs"],
-            "seconds_per_epoch": round(statistics.median(r["seconds"] for r in res["history"]), 2),
-            "test_acc": [round(r["test_acc"], 2) for r in res["history"]], "config": res["config"]}
+def run_task(notebook: Path, base: Path, run: dict, threads: int) -> dict:
+    """What the executor needs for one planned run, and what the progress display shows."""
+    run_dir = base / run["name"]
+    return dict(name=run["name"], run_dir=run_dir, epochs=run["epochs"],
+                args=(str(notebook), str(run_dir), run["parameters"], threads))
 
 
 def _display(path) -> str:
@@ -237,37 +161,36 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def run_pool(tasks: list[dict], jobs: int, desc: str, finished: list | None = None) -> list[dict]:
-    """Run ``tasks`` (dicts with ``name``, ``run_dir``, ``epochs``, ``fn``, ``args``) in ``jobs``
-    worker processes, showing while they run: each running task's epoch and latest test accuracy,
-    finished/failed counts and the time left (a bar over all epochs of all tasks).
+def run_pool(tasks: list[dict], executor, desc: str, finished: list | None = None) -> list[dict]:
+    """Run ``tasks`` (dicts with ``name``, ``run_dir``, ``epochs``, ``args``; see ``run_task``) on
+    ``executor`` (``utils.executors``), showing while they run: a line per epoch of each run, one
+    per finished or failed run, and on a terminal a bar over all epochs with counts and time left.
 
     Returns the records in the order of ``tasks``; each is also appended to ``finished`` as it
-    comes, so a caller still has them after Ctrl-C, which stops launching new tasks.
+    comes, so a caller still has them after Ctrl-C, which stops every run still going.
     """
     finished = [] if finished is None else finished
     records: dict[str, dict] = {}
     shown: dict[str, int] = {}
-    bar = tqdm(total=sum(t["epochs"] for t in tasks), desc=desc, unit="epoch", dynamic_ncols=True)
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"))
+    # Into a file (`> log`) a redrawn bar is noise: there, one line per event and no bar.
+    bar = tqdm(total=sum(t["epochs"] for t in tasks), desc=desc, unit="epoch", dynamic_ncols=True,
+               disable=not sys.stderr.isatty())
     try:
-        futures = {pool.submit(t["fn"], *t["args"]): t for t in tasks}
+        futures = {executor.submit(t): t for t in tasks}
         pending = set(futures)
         while pending:
             done, pending = wait(pending, timeout=2, return_when=FIRST_COMPLETED)
             for future in done:
                 task = futures[future]
-                records[task["name"]] = record = future.result()
+                records[task["name"]] = record = {"run": task["name"], **executor.collect(task, future)}
                 finished.append(record)
                 if record["status"] != "ok":
-                    tqdm.write(f"{task['name']} FAILED: {record['error']} (see {record.get('notebook', '')})")
+                    tqdm.write(f"{task['name']} FAILED: {record['error']} (see {_display(task['run_dir'])})")
                 else:
                     tqdm.write(f"{task['name']} done in {record['seconds']:.0f} s")
             live = []
             for task in tasks:
-                if task["name"] in records:
-                    continue
-                progress = read_progress(task["run_dir"])
+                progress = None if task["name"] in records else executor.progress(task)
                 if progress:
                     if progress["epoch"] != shown.get(task["name"]):
                         shown[task["name"]] = progress["epoch"]
@@ -280,36 +203,52 @@ def run_pool(tasks: list[dict], jobs: int, desc: str, finished: list | None = No
                                 + (f" | {' | '.join(live)}" if live else ""), refresh=False)
             bar.refresh()
     except KeyboardInterrupt:
-        tqdm.write("interrupted: no new runs; finished runs are kept")
-        pool.shutdown(wait=False, cancel_futures=True)
+        running = [t["name"] for t in tasks if t["name"] not in records]
+        stopped = executor.stop()
+        tqdm.write(f"interrupted: stopped {len(running)} unfinished run(s) ({', '.join(running) or 'none'}; "
+                   f"{len(stopped)} kernel(s) ended); the {len(records)} finished run(s) are kept")
         raise
     finally:
         bar.close()
-    pool.shutdown()
     return [records[t["name"]] for t in tasks if t["name"] in records]
 
 
+def make_executor(jobs: int, scheduler: str | None):
+    """The seam: runs go to worker processes here, or to the Dask cluster at ``scheduler``."""
+    from .executors import DaskPool, LocalPool
+
+    return DaskPool(scheduler) if scheduler else LocalPool(jobs)
+
+
 def run_batch(notebook, seeds, grid=(), jobs=1, out_dir=REPO / "runs", summary_path=None,
-              plot_path=None, threads=None) -> dict:
+              plot_path=None, threads=None, scheduler=None) -> dict:
     notebook = Path(notebook).resolve()
     if jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {jobs}")
     if threads is not None and threads < 1:
         raise ValueError(f"--threads must be >= 1, got {threads}")
-    runs = plan_runs(notebook, list(seeds), [list(g) for g in grid])
+    executor = make_executor(jobs, scheduler)  # a Dask cluster is reached and checked first
+    try:
+        runs = plan_runs(notebook, list(seeds), [list(g) for g in grid], local=not scheduler)
+    except ValueError:
+        executor.close()
+        raise
     base = Path(out_dir).resolve() / notebook.stem
-    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
-    tasks = [dict(name=r["name"], run_dir=base / r["name"], epochs=r["epochs"],
-                  fn=execute, args=(str(notebook), str(base / r["name"]), r["parameters"], threads))
-             for r in runs]
+    threads = threads or (1 if scheduler else max(1, (os.cpu_count() or 1) // jobs))
+    tasks = [run_task(notebook, base, r, threads) for r in runs]
     records: list[dict] = []
     start = time.perf_counter()
     try:
-        run_pool(tasks, jobs, f"{notebook.stem}: {len(runs)} runs", records)
+        run_pool(tasks, executor, f"{notebook.stem}: {len(runs)} runs", records)
+        executor.close()
     finally:
+        shown = {t["name"]: dict(run=t["name"], parameters=t["args"][2],
+                                 notebook=_display(t["run_dir"] / notebook.name)) for t in tasks}
+        records = [{**shown[r["run"]], **r} for r in records]
         order = {r["name"]: i for i, r in enumerate(runs)}
         records.sort(key=lambda r: order[r["run"]])
         summary = summarize_runs(notebook, records, jobs, time.perf_counter() - start, threads)
+        summary["executor"] = f"dask {scheduler}" if scheduler else f"local, {jobs} process(es)"
         save_json(base / "summary.json", summary)
         if summary_path:
             save_json(summary_path, summary)
@@ -328,18 +267,22 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[], help="seeds, one run each")
     parser.add_argument("-p", "--param", nargs="+", action="append", default=[], metavar=("NAME", "VALUE"),
                         help="a notebook parameter and one or more values (a grid axis)")
-    parser.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
-    parser.add_argument("--threads", type=int, help="threads per run (default: cores // jobs); set it when "
-                        "two batches share the machine")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once on this machine (default 1)")
+    parser.add_argument("--threads", type=int, help="threads per run (default: cores // jobs here, 1 on a "
+                        "cluster); set it when two batches share the machine")
+    parser.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                        help="run on this Dask cluster instead of this machine (README, 'Sweeps on a cluster')")
     parser.add_argument("--out", default=str(REPO / "runs"), help="folder for the runs (default runs/)")
     parser.add_argument("--summary", help="also save the summary JSON here (e.g. results/seeds.json)")
     parser.add_argument("--plot", help="save a test-accuracy-per-epoch plot here (e.g. images/seeds.png)")
     args = parser.parse_args(argv)
     try:
         summary = run_batch(args.notebook, args.seeds, args.param, args.jobs, args.out, args.summary, args.plot,
-                            args.threads)
+                            args.threads, args.scheduler)
     except ValueError as exc:
         parser.error(str(exc))
+    except KeyboardInterrupt:
+        return 130
     return 0 if summary["failed"] == 0 else 1
 
 

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 
 from .data import DeviceLoader, classic_loader, load_mnist, mnist_loaders
 from .experiment import machine_description
-from .models import FINAL_ARCH, final_net
+from .models import final_net
+from .repro import cpu_info, pin_isa
 from .results import save_json, summarize
 from .summary import count_params
 from .train import evaluate, fit, pick_device, seed_everything
@@ -48,10 +49,15 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def time_training_batches(loader, device, batches: int, warmup: int, repeats: int) -> dict:
+def final_model(recipe: dict) -> torch.nn.Module:
+    """The final notebook's model, as its parameters cell builds it."""
+    return final_net(recipe["arch"], recipe["dropout"], recipe["dropout_kind"])
+
+
+def time_training_batches(loader, device, batches: int, warmup: int, repeats: int, recipe: dict) -> dict:
     """Median seconds for ``batches`` training steps of the final model fed by ``loader``."""
     seed_everything(0)
-    model = final_net().to(device)
+    model = final_model(recipe).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     model.train()
 
@@ -77,12 +83,12 @@ def time_training_batches(loader, device, batches: int, warmup: int, repeats: in
                 timed_batches=batches, repeats=repeats, all_seconds=[round(t, 3) for t in times])
 
 
-def profile_training_steps(loader, device, steps: int = 20, top: int = 8) -> list[dict]:
+def profile_training_steps(loader, device, recipe: dict, steps: int = 20, top: int = 8) -> list[dict]:
     """Where a training step's time goes: the ``top`` operators by self time (torch.profiler)."""
     from torch.profiler import ProfilerActivity, profile
 
     seed_everything(0)
-    model = final_net().to(device)
+    model = final_model(recipe).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     batches = list(itertools.islice(iter(loader), steps))
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -109,30 +115,31 @@ def run_benchmark(device="auto", data_dir="data", batches=100, warmup=10, repeat
     classic = classic_loader(data_dir, train=True, batch_size=batch_size, num_workers=num_workers, **augment)
     images, labels = load_mnist(data_dir, train=True)
     project = DeviceLoader(images, labels, batch_size=batch_size, device=device, **augment)
-    model = final_net()
+    model = final_model(recipe)
     report = dict(device=str(device), machine=machine_description(device), torch=torch.__version__,
+                  cpu=cpu_info() if device.type == "cpu" else None,
                   threads=torch.get_num_threads(), python=platform.python_version(), batch_size=batch_size,
                   augmentation=(f"random rotation ±{augment['rotate']}°, shift ±{augment['translate']}, "
                                 f"scale ±{augment['scale']}"),
-                  model=f"final_net(arch={FINAL_ARCH!r})", layout=getattr(model, "layout", FINAL_ARCH),
+                  model=f"final_net(arch={recipe['arch']!r})", layout=getattr(model, "layout", recipe["arch"]),
                   params=count_params(model), recipe=recipe)
     print(f"benchmark on {report['machine']}, torch {report['torch']}, {report['threads']} threads")
-    report["classic"] = time_training_batches(classic, device, batches, warmup, repeats)
+    report["classic"] = time_training_batches(classic, device, batches, warmup, repeats, recipe)
     print(f"classic  DataLoader: {report['classic']['images_per_s']:>9.0f} img/s  "
           f"{report['classic']['seconds_per_epoch']:6.2f} s/epoch")
-    report["project"] = time_training_batches(project, device, batches, warmup, repeats)
+    report["project"] = time_training_batches(project, device, batches, warmup, repeats, recipe)
     print(f"project  on-device : {report['project']['images_per_s']:>9.0f} img/s  "
           f"{report['project']['seconds_per_epoch']:6.2f} s/epoch")
     report["speedup"] = round(report["classic"]["seconds_per_epoch"] / report["project"]["seconds_per_epoch"], 2)
     print(f"speed-up per epoch : {report['speedup']:.2f}x")
-    report["profile"] = profile_training_steps(project, device)
+    report["profile"] = profile_training_steps(project, device, recipe)
     print("where a training step's time goes (self CPU time):")
     for row in report["profile"]:
         print(f"  {row['share']:6.1%}  {row['op']}")
 
     train_loader, test_loader = mnist_loaders(data_dir, batch_size=batch_size, device=device,
                                               seed=recipe["seed"], train_limit=train_limit, **augment)
-    model = final_net().to(device)
+    model = final_model(recipe).to(device)
     evaluate(model, test_loader)  # warm-up
     _sync(device)
     start = time.perf_counter()
@@ -143,7 +150,7 @@ def run_benchmark(device="auto", data_dir="data", batches=100, warmup=10, repeat
 
     if full_run:  # the final notebook's training, as its parameters cell sets it
         seed_everything(recipe["seed"])
-        model = final_net(recipe["arch"], recipe["dropout"], recipe["dropout_kind"]).to(device)
+        model = final_model(recipe).to(device)
         optimizer = torch.optim.SGD(model.parameters(), lr=recipe["lr"], momentum=0.9, nesterov=True,
                                     weight_decay=recipe["weight_decay"])
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe["lr"], epochs=epochs,
@@ -176,6 +183,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-full-run", action="store_true", help="skip the full training run")
     parser.add_argument("--out", default=str(REPO / "results" / "bench.json"))
     args = parser.parse_args(argv)
+    pin_isa()  # before this process's first torch operation (utils.repro)
     try:
         run_benchmark(args.device, args.data_dir, args.batches, args.warmup, args.repeats,
                       not args.no_full_run, args.epochs, out=args.out)

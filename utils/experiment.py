@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import platform
 from pathlib import Path
 
 import torch
 
 from .plots import plot_history, plot_misclassified
+from .repro import cpu_info, cpu_name
 from .results import save_results, summarize
 from .summary import count_params
 from .train import check_run_config, check_settings, seed_everything
@@ -45,17 +45,7 @@ def start_run(epochs, batch_size, lr, seed, device="auto", data_dir="data",
 def machine_description(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    return f"{_cpu_name()} CPU, {os.cpu_count()} cores"
-
-
-def _cpu_name() -> str:
-    try:  # Linux names the model here; platform.processor() is often empty
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return f"{cpu_name()} CPU, {os.cpu_count()} cores"
 
 
 def finish_run(name: str, model, history, test_loader, run: dict, config: dict, title: str = ""):
@@ -67,7 +57,7 @@ def finish_run(name: str, model, history, test_loader, run: dict, config: dict, 
     params = count_params(model)
     path = save_results(Path(run["results_dir"]) / f"{name}.json", name=name,
                         config={**run, **config}, params=params, history=history,
-                        machine=machine_description(device), torch=torch.__version__)
+                        machine=machine_description(device), torch=torch.__version__, cpu=cpu_info())
     summary = summarize(history)
     print(f"saved {path}")
     print(format_summary(params, summary))

@@ -109,6 +109,11 @@ def separable_block(c_in: int, c_out: int, padding: int = 0) -> nn.Sequential:
                          nn.BatchNorm2d(c_out), nn.ReLU())
 
 
+def squeeze_block(c_in: int, c_out: int) -> nn.Sequential:
+    """1x1 conv -> BN -> ReLU: c_in*c_out weights to change the width without touching the map."""
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
+
+
 DROPOUT_KINDS = {"element": nn.Dropout, "channel": nn.Dropout2d}
 
 
@@ -117,7 +122,8 @@ class CompactNet(nn.Module):
 
     Tokens, left to right: ``c8`` a 3x3 conv block to 8 channels without padding (the map
     shrinks by 2), ``c8p`` the same with padding 1, ``d16`` a depthwise-separable block to 16
-    channels, ``M`` a 2x2 max-pool. Every block is conv -> BN -> ReLU; the head is global
+    channels, ``s8`` a 1x1 conv block to 8 channels (a squeeze: mixes channels, keeps the map),
+    ``M`` a 2x2 max-pool. Every block is conv -> BN -> ReLU; the head is global
     average pooling and a 1x1 conv to the 10 classes. ``dropout`` (``dropout_kind``
     "element" or "channel") follows every block but the last.
     """
@@ -138,11 +144,15 @@ class CompactNet(nn.Module):
             if token == "M":
                 layers.append(nn.MaxPool2d(2))
                 continue
-            match = re.fullmatch(r"([cd])(\d+)(p?)", token)
-            if not match or int(match[2]) < 1:
-                raise ValueError(f"bad token {token!r} in layout {layout!r}: use cN, cNp, dN, dNp or M")
-            kind, c_out, padding = match[1], int(match[2]), 1 if match[3] else 0
-            block = conv_block(c_in, c_out, padding) if kind == "c" else separable_block(c_in, c_out, padding)
+            match = re.fullmatch(r"([cd])(\d+)(p?)|s(\d+)", token)
+            if not match or int(match[2] or match[4]) < 1:
+                raise ValueError(f"bad token {token!r} in layout {layout!r}: use cN, cNp, dN, dNp, sN or M")
+            if match[4]:
+                c_out = int(match[4])
+                block = squeeze_block(c_in, c_out)
+            else:
+                kind, c_out, padding = match[1], int(match[2]), 1 if match[3] else 0
+                block = conv_block(c_in, c_out, padding) if kind == "c" else separable_block(c_in, c_out, padding)
             layers.append(block)
             seen += 1
             if dropout > 0 and seen < len(convs):
@@ -163,6 +173,12 @@ ARCHS = {
     "twopool_wide": "c8 c8 M c12 c16 M c16p",  # 5,824: the fallback if no <= 5,000 net holds
     "separable": "c8 c8 M d16 d24 d32 d32",   # 4,392: depthwise-separable after the pool
     "separable_small": "c8 c8 M d16 d32 d32",  # 3,440
+    # Round 2 (issue 12): where the parameters sit and how long resolution is kept.
+    "onepool_narrow": "c8 c10 M s8 c12 c12 c12 c12p",  # 5,892: gap7624's shape, narrower, 1x1 squeeze
+    "twopool_three": "c8 c8 M c10 c12 c12 M c16p",     # 5,764: three convs at 12x12, last on 3x3
+    "onepool_mid": "c8 c8 M s8 c10 c12 c12 c12p",      # 5,364
+    "onepool_small": "c8 c8 M s8 c10 c10 c12 c12p",    # 4,964
+    "onepool_plain": "c8 c8 M c10 c10 c12 c12p",       # 4,884: no squeeze
 }
 FINAL_ARCH = "gap7624"
 

@@ -21,7 +21,10 @@ import torch
 
 from . import batch, report
 from .data import ensure_mnist
+from .executors import LocalPool
 from .experiment import machine_description
+from .notebook_run import execute_notebook
+from .repro import cpu_info, pin_isa
 from .results import save_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,13 +47,13 @@ def resolve(names: list[str]) -> list[Path]:
     return paths
 
 
-def execute_in_place(notebook: str, threads: int, run_dir: str) -> dict:
+def execute_in_place(notebook: str, threads: int, run_dir: str, batch_id: str = "") -> dict:
     """Run one notebook (in a worker process) into a temporary copy; replace the saved notebook
     only when the run finished. Logs and progress go to ``run_dir``."""
     notebook = Path(notebook)
     partial = notebook.with_name(f".{notebook.stem}.running.ipynb")
     start = time.perf_counter()
-    record = batch.execute_notebook(str(notebook), str(partial), {}, threads, run_dir)
+    record = execute_notebook(str(notebook), str(partial), {}, threads, run_dir, batch_id=batch_id)
     if record["status"] == "ok":
         os.replace(partial, notebook)
     shown = notebook if record["status"] == "ok" else partial
@@ -67,6 +70,7 @@ def main(argv=None) -> int:
     paths = resolve(args.notebooks)
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    pin_isa()  # before this process's first torch operation; the kernels inherit it
     ensure_mnist(REPO / "data")
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     print(f"running {len(paths)} notebooks, {args.jobs} at a time with {threads} thread(s) each; "
@@ -76,7 +80,9 @@ def main(argv=None) -> int:
     tasks = [dict(name=p.stem, run_dir=LOGS / p.stem, epochs=15, fn=execute_in_place,
                   args=(str(p), threads, str(LOGS / p.stem))) for p in order]
     start = time.perf_counter()
-    records = batch.run_pool(tasks, args.jobs, "main job")
+    executor = LocalPool(args.jobs)
+    records = batch.run_pool(tasks, executor, "main job")
+    executor.close()
     wall = time.perf_counter() - start
     failed = [r for r in records if r["status"] != "ok"]
     for r in failed:
@@ -85,7 +91,7 @@ def main(argv=None) -> int:
     if len(paths) == len(NOTEBOOKS) and not failed:  # the whole main job: keep its timing for the README
         save_json(REPO / "results" / "main_job.json",
                   dict(wall_seconds=round(wall, 1), jobs=args.jobs, threads_per_notebook=threads,
-                       machine=machine_description(torch.device("cpu")),
+                       machine=machine_description(torch.device("cpu")), cpu=cpu_info(),
                        notebooks={r["run"]: r["seconds"] for r in records}))
     report.main(REPO)
     print(f"main job: {len(records) - len(failed)} of {len(paths)} notebooks ran in {wall:.0f} s wall time",

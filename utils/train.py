@@ -21,30 +21,42 @@ NO_BARS_ENV = "MNIST_NO_PROGRESS_BARS"
 PER_BATCH_SCHEDULERS = (lr_scheduler.OneCycleLR, lr_scheduler.CyclicLR)
 
 
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def parse_device(device: str = "auto") -> torch.device | None:
+    """The device a name stands for (None for "auto"); a ValueError for a name torch does not know.
+    Says nothing about whether this machine has it (``pick_device`` does)."""
+    if device == "auto":
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'mps'") from exc
+    if dev.type not in DEVICE_TYPES:
+        raise ValueError(f"unsupported device {device!r}: use 'auto', 'cpu', 'cuda' or 'mps'")
+    return dev
+
+
 def pick_device(device: str = "auto") -> torch.device:
     """``"auto"`` -> CUDA, else Apple MPS, else CPU. An unavailable or unknown device is a ValueError."""
-    if device == "auto":
+    dev = parse_device(device)
+    if dev is None:
         if torch.cuda.is_available():
             return torch.device("cuda")
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'mps'") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' asked for, but CUDA is not available here; use 'auto' or 'cpu'")
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError("device 'mps' asked for, but MPS is not available here; use 'auto' or 'cpu'")
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"unsupported device {device!r}: use 'auto', 'cpu', 'cuda' or 'mps'")
     return dev
 
 
-def check_run_config(epochs: int, batch_size: int, lr: float, device: str = "auto",
-                     data_dir: str = "data", max_epochs: int = MAX_EPOCHS) -> torch.device:
-    """Validate a run's parameters before any data is loaded or file written; return the device."""
+def check_run_values(epochs: int, batch_size: int, lr: float, device: str = "auto", train_limit=None,
+                     max_epochs: int = MAX_EPOCHS) -> None:
+    """Check a run's settings by themselves, on any machine: no data or device is looked at."""
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"{name} must be an integer, got {value!r}")
@@ -54,6 +66,16 @@ def check_run_config(epochs: int, batch_size: int, lr: float, device: str = "aut
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
         raise ValueError(f"lr must be a number > 0, got {lr!r}")
+    if train_limit is not None and (isinstance(train_limit, bool) or not isinstance(train_limit, int)
+                                    or train_limit < 1):
+        raise ValueError(f"train_limit must be None or an integer >= 1, got {train_limit!r}")
+    parse_device(device)
+
+
+def check_run_config(epochs: int, batch_size: int, lr: float, device: str = "auto",
+                     data_dir: str = "data", max_epochs: int = MAX_EPOCHS) -> torch.device:
+    """Validate a run's parameters before any data is loaded or file written; return the device."""
+    check_run_values(epochs, batch_size, lr, device, max_epochs=max_epochs)
     dev = pick_device(device)
     check_data_dir(data_dir)
     return dev

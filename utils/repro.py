@@ -1,0 +1,51 @@
+"""Repeatable CPU runs: the instruction set a run used, and a ceiling the headless runners pin.
+
+A CPU run repeats bit for bit only with the same thread count *and* the same kernels: oneDNN and
+ATen pick AVX-512 code on CPUs that have it and AVX2 code on those that do not, and the two round
+differently. The runners (main job, batch, benchmark) therefore cap both at AVX2, which every
+x86-64 CPU of the last decade has, so that any such machine can reproduce a committed history
+exactly. Measured here: the cap costs no speed on the small nets of this project.
+
+To run native kernels instead, export other values before starting a runner (the runners only
+fill in what is unset), e.g. ``ONEDNN_MAX_CPU_ISA=ALL ATEN_CPU_CAPABILITY=default``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+# Read by oneDNN (convolutions) and ATen (element-wise kernels) at their first use in a process.
+ISA_CEILING = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+
+
+def pin_isa(environ=os.environ) -> dict:
+    """Set the AVX2 ceiling in ``environ`` where the user has not set one; return what is in force.
+
+    Set in a parent process, it reaches the notebook kernels it starts; in the process itself it
+    takes effect only before torch's first CPU operation.
+    """
+    for name, value in ISA_CEILING.items():
+        environ.setdefault(name, value)
+    return {name: environ[name] for name in ISA_CEILING}
+
+
+def cpu_name() -> str:
+    try:  # Linux names the model here; platform.processor() is often empty
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_info() -> dict:
+    """What a CPU history depends on: the CPU, torch's kernel level, the ISA ceiling, the threads."""
+    return dict(cpu=cpu_name(), torch_cpu_capability=torch.backends.cpu.get_cpu_capability(),
+                onednn_max_cpu_isa=os.environ.get("ONEDNN_MAX_CPU_ISA", "unset (native)"),
+                aten_cpu_capability=os.environ.get("ATEN_CPU_CAPABILITY", "unset (native)"),
+                threads=torch.get_num_threads())
