@@ -10,7 +10,8 @@ from utils.search import macs_per_image
 EXPECTED_PARAMS = {"skeleton": 15042, "lighter": 8870, "regularized": 7624, "final": 7624}
 # The search candidates (utils.models.ARCHS) and the first final, step 4's net.
 ARCH_PARAMS = {"slim": 4808, "twopool": 4808, "twopool_small": 4444, "twopool_wide": 5824, "separable": 4392,
-               "separable_small": 3440, "gap7624": 7624}
+               "separable_small": 3440, "gap7624": 7624, "onepool_narrow": 5892, "twopool_three": 5764,
+               "onepool_mid": 5364, "onepool_small": 4964, "onepool_plain": 4884}
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -78,6 +79,16 @@ def test_each_arch_count_shape_and_macs(arch):
     assert 100_000 < macs_per_image(model) < 2_000_000
 
 
+def test_squeeze_token_is_a_1x1_conv_block():
+    net = CompactNet("c4 s2")
+    squeeze = net.features[1]
+    assert squeeze[0].kernel_size == (1, 1) and squeeze[0].bias is None
+    assert [type(m).__name__ for m in squeeze] == ["Conv2d", "BatchNorm2d", "ReLU"]
+    # 1x1 keeps the map: 9*4 + 8 (c4) + 4*2 + 4 (s2) + 2*10 (head) weights
+    assert count_params(net) == 36 + 8 + 8 + 4 + 20
+    assert net.features(torch.randn(1, 1, 28, 28)).shape == (1, 2, 26, 26)
+
+
 def test_macs_counted_by_hand_for_one_conv():
     # 1 -> 2 channels, 3x3, no padding: 26*26 outputs * 2 channels * 9 taps, then the 2 -> 10 head.
     assert macs_per_image(CompactNet("c2")) == 26 * 26 * 2 * 9 + 2 * 10
@@ -102,7 +113,7 @@ def test_final_net_rejects_bad_arguments(kwargs, message):
         final_net(**kwargs)
 
 
-@pytest.mark.parametrize("layout", ["", "M", "c8 x3", "c0", "c8q"])
+@pytest.mark.parametrize("layout", ["", "M", "c8 x3", "c0", "c8q", "s0", "s8p"])
 def test_compact_net_rejects_bad_layouts(layout):
     with pytest.raises(ValueError):
         CompactNet(layout)

@@ -63,8 +63,36 @@ def test_search_table_reads_the_study_files(tmp_path):
     lines = search.search_table(tmp_path).splitlines()
     assert len(lines) == 4
     assert lines[2].startswith("| `search_1_a.json` | slim | `c8 c8 M c12 c12 c16` | 4,808 | 612,160 |")
-    assert "| same | 0 | 0/1 | 99.30 | 99.30 |" in lines[2]
-    assert lines[3].startswith("| `search_2_b.json` | twopool |") and "| 0–4 | 5/5 | 99.45 ± 0.00 |" in lines[3]
+    assert "| same | 0 | 0/1 | 99.30 |  | 99.30 |" in lines[2]  # one seed: no margin
+    assert lines[3].startswith("| `search_2_b.json` | twopool |") and "| 0–4 | 5/5 | 99.45 ± 0.00 | 99.45 |" in lines[3]
+
+
+def test_search_table_orders_studies_as_made_and_ends_with_the_seed_studies(tmp_path):
+    for name in ("search_10_late.json", "search_9_early.json", "heldout.json", "seeds.json"):
+        save_json(tmp_path / name, dict(runs=[_run("seed0", 0, 99.40, True), _run("seed1", 1, 99.50, True)]))
+    lines = search.search_table(tmp_path).splitlines()[2:]
+    assert [line.split("`")[1] for line in lines] == ["search_9_early.json", "search_10_late.json", "seeds.json",
+                                                      "heldout.json"]
+    assert "| 99.45 ± 0.07 | 99.31 | 99.40 |" in lines[0]  # margin: mean - 2 std
+
+
+def test_margin_is_mean_less_two_standard_deviations():
+    assert search.margin([99.40, 99.50]) == pytest.approx(99.45 - 2 * 0.0707107, abs=1e-6)
+    assert search.margin([99.45]) is None
+
+
+def test_frontier_points_and_plot(tmp_path):
+    from utils.plots import plot_frontier
+
+    save_json(tmp_path / "search_1_a.json", dict(runs=[_run("arch=slim_seed0", 0, 99.30, False, arch="slim"),
+                                                       dict(run="seed3", status="failed", error="boom")]))
+    save_json(tmp_path / "seeds.json", dict(runs=[_run(f"seed{s}", s, 99.45, True) for s in range(3)]))
+    points = search.frontier_points(tmp_path)
+    assert len(points) == 4 and {p["study"] for p in points} == {"search_1_a", "seeds"}
+    assert points[0] == dict(params=4808, last_min=99.30, study="search_1_a", candidate="search_1_a/arch=slim",
+                             arch="slim")
+    plot_frontier(points, path=tmp_path / "frontier.png")
+    assert (tmp_path / "frontier.png").stat().st_size > 10_000
 
 
 def test_ablation_table_compares_on_the_same_seeds(tmp_path):

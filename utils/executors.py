@@ -119,16 +119,21 @@ class DaskPool:
         if not self.client.scheduler_info(n_workers=-1)["workers"]:
             raise ValueError("the Dask cluster has no workers: start some with `dask worker <scheduler address>` "
                              "from the project's checkout (README, 'Sweeps on a cluster')")
-        try:
-            found = self.client.run(worker_identity)
-        except Exception as exc:  # noqa: BLE001 - e.g. "No module named 'utils'" on the worker
-            raise ValueError(f"the Dask workers cannot import this project ({type(exc).__name__}: {exc}); start "
-                             "them from the repository root with PYTHONPATH=. (README, 'Sweeps on a cluster')") from exc
+        found = {}
+        # The scheduler unpacks each run's task too, so it needs the project as much as the workers do.
+        for who, ask in (("scheduler", self.client.run_on_scheduler), ("workers", self.client.run)):
+            try:
+                found.update({who: ask(worker_identity)} if who == "scheduler" else ask(worker_identity))
+            except Exception as exc:  # noqa: BLE001 - e.g. "No module named 'utils'" over there
+                raise ValueError(f"the Dask {who} cannot import this project ({type(exc).__name__}: {exc}); start "
+                                 "them from the repository root with PYTHONPATH=. (README, 'Sweeps on a cluster')"
+                                 ) from exc
         mine = git_commit()
         wrong = {w: info for w, info in found.items() if info["commit"] != mine}
         if wrong:
             listed = "; ".join(f"{w}: {i['commit'] or 'no git checkout'} in {i['repo']}" for w, i in wrong.items())
-            raise ValueError(f"Dask workers run another commit of the project than this checkout ({mine}): {listed}")
+            raise ValueError(f"the Dask cluster runs another commit of the project than this checkout ({mine}): "
+                             f"{listed}")
         self.allowed_failures = self.client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.allowed_failures)
 
     def _on_progress(self, event) -> None:

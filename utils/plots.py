@@ -103,3 +103,27 @@ def plot_seed_curves(histories: dict[str, list[dict]], title: str = "", path=Non
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
     return _finish(fig, path)
+
+
+def plot_frontier(points: list[dict], path=None):
+    """Parameters against the last-5 minimum: one dot per run, a bar per study's candidate at its
+    mean, the 99.40 % line. ``points`` come from ``utils.search.frontier_points``."""
+    fig, ax = plt.subplots(figsize=(9, 5))
+    groups: dict[str, list[dict]] = {}
+    for p in points:
+        groups.setdefault(p["candidate"], []).append(p)
+    for i, (name, group) in enumerate(sorted(groups.items())):
+        x = group[0]["params"] + (i % 7 - 3) * 18  # spread candidates of the same size a little
+        ys = [p["last_min"] for p in group]
+        confirm = group[0]["study"] in ("seeds", "heldout")
+        ax.scatter([x] * len(ys), ys, s=14, alpha=0.6, color="tab:green" if confirm else "tab:blue")
+        ax.hlines(sum(ys) / len(ys), x - 40, x + 40, color="black", linewidth=1.5)
+    ax.axhline(BAR, color="red", linestyle="--", linewidth=1, label=f"bar {BAR:.2f} %")
+    ax.scatter([], [], s=14, color="tab:blue", label="search run (one seed)")
+    ax.scatter([], [], s=14, color="tab:green", label="final model: seed / held-out study")
+    ax.hlines([], 0, 0, color="black", label="mean of a candidate in a study")
+    ax.set(xlabel="parameters", ylabel="minimum test accuracy over the last 5 epochs (%)",
+           title="Model search: size against the last-5 minimum")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    return _finish(fig, path)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import statistics
 from pathlib import Path
 
 import nbformat
 
 from . import search
 from .models import final_net
+from .plots import plot_frontier
 from .results import BAR, load_results
 from .summary import receptive_field, receptive_field_markdown, summary_table
 
@@ -110,9 +112,13 @@ def seeds_table(path: Path) -> str:
     lines = [f"**{s['holding_bar']} of {s['finished']}** finished runs hold the bar "
              f"(each of the last {s['last_n']} epochs ≥ {s['bar']:.2f} %); {s['failed']} failed.", ""]
     if s["final_test_acc"]:
+        mins = [r["last_min_test_acc"] for r in s["runs"] if r["status"] == "ok"]
+        m = search.margin(mins)
         lines.append(f"Final test accuracy {s['final_test_acc']['mean']:.2f} ± {s['final_test_acc']['std']:.2f} %, "
                      f"minimum over the last 5 epochs {s['last_min_test_acc']['mean']:.2f} ± "
-                     f"{s['last_min_test_acc']['std']:.2f} % (mean ± std over runs).")
+                     f"{s['last_min_test_acc']['std']:.2f} % (mean ± std over runs)"
+                     + (f"; **margin** (mean − 2 std of those minima) **{m:.2f} %**, "
+                        f"{'≥' if m >= BAR else '<'} {BAR:.2f}." if m is not None else "."))
         lines.append("")
     if s.get("wall_seconds") and s["finished"]:
         single = path.parent / "05_final.json"
@@ -124,6 +130,23 @@ def seeds_table(path: Path) -> str:
         lines += [f"Wall time: {s['wall_seconds']:.0f} s for {len(s['runs'])} runs with `--jobs {s['jobs']}` "
                   f"(≈ {s['wall_seconds'] / len(s['runs']):.0f} s per run).{alone}", ""]
     return "\n".join(lines + rows)
+
+
+def consistency_line(results_dir: Path) -> str:
+    """The claim "holds on every seed", over the seed study and the held-out study together."""
+    runs = [r for name in ("seeds", "heldout") if (results_dir / f"{name}.json").exists()
+            for r in load_results(results_dir / f"{name}.json")["runs"]]
+    ok = [r for r in runs if r["status"] == "ok"]
+    if len(ok) < 2:
+        return "_Not enough seed runs saved yet: run `make seeds` and `make heldout`._"
+    mins = [r["last_min_test_acc"] for r in ok]
+    m = search.margin(mins)
+    params = sorted({r["params"] for r in ok})
+    return (f"Both studies together: **{sum(r['holds_bar'] for r in ok)} of {len(runs)}** runs hold the bar "
+            f"({', '.join(f'{p:,}' for p in params)} parameters); last-5 minimum {statistics.mean(mins):.2f} ± "
+            f"{statistics.stdev(mins):.2f} %, worst {min(mins):.2f} %; **margin {m:.2f} %** "
+            f"({'≥' if m >= BAR else '<'} {BAR:.2f}: "
+            f"{'a new seed is expected to hold' if m >= BAR else 'not yet consistent'}).")
 
 
 def attempts_table(results_dir: Path) -> str:
@@ -196,6 +219,7 @@ def update_readme(readme: Path = REPO / "README.md", results_dir: Path = REPO / 
     text = replace_between(text, "final-model", final_model_tables())
     text = replace_between(text, "seeds", seeds_table(results_dir / "seeds.json"))
     text = replace_between(text, "heldout", seeds_table(results_dir / "heldout.json"))
+    text = replace_between(text, "consistency", consistency_line(results_dir))
     text = replace_between(text, "search", search.search_table(results_dir))
     text = replace_between(text, "ablation", search.ablation_table(results_dir))
     text = replace_between(text, "attempts", attempts_table(results_dir))
@@ -211,7 +235,8 @@ def main(repo: Path = REPO) -> None:
             changed = fill_notebook_result(repo / "notebooks" / f"{name}.ipynb", load_results(path))
             print(f"{name}: Result block {'updated' if changed else 'up to date'}")
     update_readme(repo / "README.md", repo / "results")
-    print("README tables regenerated from results/*.json")
+    plot_frontier(search.frontier_points(repo / "results"), path=repo / "images" / "frontier.png")
+    print("README tables and images/frontier.png regenerated from results/*.json")
 
 
 if __name__ == "__main__":

@@ -79,7 +79,8 @@ def candidate_row(runs: list[dict], reference: dict, macs_cache: dict) -> dict:
     if arch not in macs_cache:
         macs_cache[arch] = macs_per_image(final_net(arch))
     mins = [r["last_min_test_acc"] for r in runs]
-    return dict(arch=arch, layout=config.get("layout", arch), params=runs[0]["params"], macs=macs_cache[arch],
+    return dict(mins=mins, arch=arch, layout=config.get("layout", arch), params=runs[0]["params"],
+                macs=macs_cache[arch],
                 seconds_per_epoch=statistics.median(r["seconds_per_epoch"] for r in runs),
                 recipe=recipe_differences(config, reference),
                 seeds=sorted(r["config"]["seed"] for r in runs),
@@ -92,18 +93,56 @@ def _seeds(seeds: list[int]) -> str:
         else ", ".join(map(str, seeds))
 
 
+def margin(mins: list[float]) -> float | None:
+    """Mean less two standard deviations of the last-5 minima: >= the bar means a new seed should
+    hold too (the project's "every seed"), not just the seeds that happened to be run."""
+    return statistics.mean(mins) - 2 * statistics.stdev(mins) if len(mins) > 1 else None
+
+
+def study_number(path: Path) -> tuple:
+    """``search_12_x.json`` sorts after ``search_9_y.json``: the order the studies were made."""
+    found = re.match(r"search_(\d+)", path.name)
+    return (int(found[1]) if found else 10**6, path.name)
+
+
+def study_paths(results_dir: Path) -> list[Path]:
+    """The search's studies in the order they were made, then the final model's seed studies."""
+    paths = sorted(results_dir.glob("search_*.json"), key=study_number)
+    return paths + [p for p in (results_dir / "seeds.json", results_dir / "heldout.json") if p.exists()]
+
+
 def search_table(results_dir: Path) -> str:
     rows = ["| study | arch | layout | params | MACs/image | s/epoch | recipe | seeds | hold | "
-            "last-5 min (mean ± std) | worst |",
-            "|---|---|---|--:|--:|--:|---|---|:-:|--:|--:|"]
+            "last-5 min (mean ± std) | margin | worst |",
+            "|---|---|---|--:|--:|--:|---|---|:-:|--:|--:|--:|"]
     cache: dict = {}
-    for path in sorted(results_dir.glob("search_*.json")):
+    for path in study_paths(results_dir):
+        if any("config" not in r for r in load_results(path)["runs"]):
+            continue  # a seed study from before per-run configs
         for runs in candidates(load_results(path)).values():
             r = candidate_row(runs, SEARCH_BASE, cache)
             rows.append(f"| `{path.name}` | {r['arch']} | `{r['layout']}` | {r['params']:,} "
                         f"| {r['macs']:,} | {r['seconds_per_epoch']:.1f} | {r['recipe']} | {_seeds(r['seeds'])} "
-                        f"| {r['holding']}/{r['runs']} | {r['last_min']} | {r['worst']:.2f} |")
+                        f"| {r['holding']}/{r['runs']} | {r['last_min']} | {_margin(r['mins'])} | {r['worst']:.2f} |")
     return "\n".join(rows) if len(rows) > 2 else "_No search study saved yet._"
+
+
+def _margin(mins: list[float]) -> str:
+    m = margin(mins)
+    return "" if m is None else f"{m:.2f}"
+
+
+def frontier_points(results_dir: Path) -> list[dict]:
+    """One point per finished run of every study: params, last-5 minimum, candidate and study."""
+    points = []
+    for path in study_paths(results_dir):
+        for name, runs in candidates(load_results(path)).items():
+            for run in runs:
+                if "config" in run:
+                    points.append(dict(params=run["params"], last_min=run["last_min_test_acc"],
+                                       study=path.stem, candidate=f"{path.stem}/{name or 'all'}",
+                                       arch=run["config"].get("arch", "?")))
+    return points
 
 
 def ablation_table(results_dir: Path) -> str:
