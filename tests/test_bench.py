@@ -18,6 +18,12 @@ def test_tiny_benchmark_reports_all_fields(data_dir, tmp_path):
         assert report[path]["images_per_s"] > 0 and report[path]["seconds_per_epoch"] > 0
     assert report["profile"] and 0 < sum(r["share"] for r in report["profile"]) <= 1.0001
     assert report["full_run"]["epochs"] == 1 and report["full_run"]["train_images"] == 256
+    # the ceiling's cost, each side measured in its own process with its own kernels
+    isa = report["isa"]
+    assert isa["native"]["cpu"]["onednn_max_cpu_isa"] == "unset (native)"
+    assert isa["avx2_ceiling"]["cpu"]["onednn_max_cpu_isa"] == "AVX2"
+    assert isa["avx2_ceiling"]["cpu"]["torch_cpu_capability"] in ("AVX2", "DEFAULT")
+    assert report["cpu"]["threads"] == report["threads"]
 
 
 def test_bad_benchmark_settings(data_dir):

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
+import os
 import platform
+import subprocess
 import statistics
 import sys
 import time
@@ -27,7 +30,7 @@ import torch.nn.functional as F
 from .data import DeviceLoader, classic_loader, load_mnist, mnist_loaders
 from .experiment import machine_description
 from .models import final_net
-from .repro import cpu_info, pin_isa
+from .repro import ISA_CEILING, NATIVE_ENV, cpu_info, pin_isa
 from .results import save_json, summarize
 from .summary import count_params
 from .train import evaluate, fit, pick_device, seed_everything
@@ -104,6 +107,31 @@ def profile_training_steps(loader, device, recipe: dict, steps: int = 20, top: i
     return [dict(op=e.key, share=round(e.self_cpu_time_total / total, 3), calls=e.count) for e in events[:top]]
 
 
+def isa_comparison(batches: int, warmup: int, repeats: int) -> dict:
+    """Seconds per epoch of the project path's training steps with the CPU's own kernels and with
+    the AVX2 ceiling the runners pin (``utils.repro``): each in a fresh process, since a process
+    fixes its kernels at its first torch operation."""
+    results = {}
+    for label, extra in (("native", {NATIVE_ENV: "1"}), ("avx2_ceiling", {})):
+        env = {k: v for k, v in os.environ.items() if k not in ISA_CEILING and k != NATIVE_ENV}
+        out = subprocess.run([sys.executable, "-m", "utils.bench", "--steps-only", "--batches", str(batches),
+                              "--warmup", str(warmup), "--repeats", str(repeats)], cwd=REPO, env={**env, **extra},
+                             capture_output=True, text=True, check=True).stdout
+        results[label] = json.loads(out.strip().splitlines()[-1])
+    results["ceiling_cost"] = round(results["avx2_ceiling"]["seconds_per_epoch"]
+                                    / results["native"]["seconds_per_epoch"] - 1, 3)
+    return results
+
+
+def project_steps(device, batches: int, warmup: int, repeats: int, data_dir=REPO / "data") -> dict:
+    """The project path's training steps alone, with the kernels this process has (see isa_comparison)."""
+    recipe = final_recipe()
+    images, labels = load_mnist(data_dir, train=True)
+    loader = DeviceLoader(images, labels, batch_size=recipe["batch_size"], device=device,
+                          **{k: recipe[k] for k in ("rotate", "translate", "scale")})
+    return {**time_training_batches(loader, device, batches, warmup, repeats, recipe), "cpu": cpu_info()}
+
+
 def run_benchmark(device="auto", data_dir="data", batches=100, warmup=10, repeats=3, full_run=True,
                   epochs=15, train_limit=None, num_workers=2, out=REPO / "results" / "bench.json") -> dict:
     if min(batches, repeats, epochs) < 1 or warmup < 0:
@@ -132,6 +160,9 @@ def run_benchmark(device="auto", data_dir="data", batches=100, warmup=10, repeat
           f"{report['project']['seconds_per_epoch']:6.2f} s/epoch")
     report["speedup"] = round(report["classic"]["seconds_per_epoch"] / report["project"]["seconds_per_epoch"], 2)
     print(f"speed-up per epoch : {report['speedup']:.2f}x")
+    if device.type == "cpu":
+        report["isa"] = isa_comparison(batches, warmup, repeats)
+        print(f"AVX2 ceiling vs the CPU's own kernels: {report['isa']['ceiling_cost']:+.1%} per epoch")
     report["profile"] = profile_training_steps(project, device, recipe)
     print("where a training step's time goes (self CPU time):")
     for row in report["profile"]:
@@ -182,8 +213,12 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=15, help="length of the full training run")
     parser.add_argument("--no-full-run", action="store_true", help="skip the full training run")
     parser.add_argument("--out", default=str(REPO / "results" / "bench.json"))
+    parser.add_argument("--steps-only", action="store_true", help=argparse.SUPPRESS)  # isa_comparison's probe
     args = parser.parse_args(argv)
     pin_isa()  # before this process's first torch operation (utils.repro)
+    if args.steps_only:
+        print(json.dumps(project_steps(torch.device("cpu"), args.batches, args.warmup, args.repeats)))
+        return 0
     try:
         run_benchmark(args.device, args.data_dir, args.batches, args.warmup, args.repeats,
                       not args.no_full_run, args.epochs, out=args.out)

@@ -194,6 +194,17 @@ def performance_table(path: Path) -> str:
              + (f"; {b['full_run']['epochs']}-epoch training ≤ {wall_target} s — "
                 f"{b['full_run']['wall_seconds']:.0f} s, {verdict(b['full_run']['wall_seconds'] <= wall_target)}."
                 if "full_run" in b else ".")]
+    if b.get("isa"):
+        native, pinned = b["isa"]["native"], b["isa"]["avx2_ceiling"]
+        rows += ["", f"Instruction-set ceiling (`utils/repro.py`), training steps of the project path, each in a "
+                 f"fresh process: the CPU's own kernels ({native['cpu']['torch_cpu_capability']}) "
+                 f"{native['seconds_per_epoch']:.2f} s/epoch, the AVX2 ceiling the runners pin "
+                 f"({pinned['cpu']['torch_cpu_capability']}) {pinned['seconds_per_epoch']:.2f} s/epoch: "
+                 f"**{b['isa']['ceiling_cost']:+.1%}**."]
+    if b.get("cpu"):
+        c = b["cpu"]
+        rows += ["", f"CPU: {c['cpu']}; torch kernels {c['torch_cpu_capability']}, oneDNN ceiling "
+                 f"{c['onednn_max_cpu_isa']}, {c['threads']} threads."]
     if b.get("profile"):
         rows += ["", "Where a training step's time goes (the project path, `torch.profiler`, self CPU time):", "",
                  "| operator | share | calls |", "|---|--:|--:|"]

@@ -6,8 +6,8 @@ differently. The runners (main job, batch, benchmark) therefore cap both at AVX2
 x86-64 CPU of the last decade has, so that any such machine can reproduce a committed history
 exactly. Measured here: the cap costs no speed on the small nets of this project.
 
-To run native kernels instead, export other values before starting a runner (the runners only
-fill in what is unset), e.g. ``ONEDNN_MAX_CPU_ISA=ALL ATEN_CPU_CAPABILITY=default``.
+To run the CPU's own best kernels instead, set ``MNIST_NATIVE_ISA=1`` before starting a runner;
+a ceiling the user exports (``ONEDNN_MAX_CPU_ISA``, ``ATEN_CPU_CAPABILITY``) is kept as it is.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 
 # Read by oneDNN (convolutions) and ATen (element-wise kernels) at their first use in a process.
 ISA_CEILING = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+NATIVE_ENV = "MNIST_NATIVE_ISA"
 
 
 def pin_isa(environ=os.environ) -> dict:
@@ -28,9 +29,10 @@ def pin_isa(environ=os.environ) -> dict:
     Set in a parent process, it reaches the notebook kernels it starts; in the process itself it
     takes effect only before torch's first CPU operation.
     """
-    for name, value in ISA_CEILING.items():
-        environ.setdefault(name, value)
-    return {name: environ[name] for name in ISA_CEILING}
+    if not environ.get(NATIVE_ENV):
+        for name, value in ISA_CEILING.items():
+            environ.setdefault(name, value)
+    return {name: environ[name] for name in ISA_CEILING if name in environ}
 
 
 def cpu_name() -> str:
