@@ -52,7 +52,9 @@ if sleep_on_seed == seed:
 history = [dict(epoch=e, train_acc=99.0, test_acc=99.3 + seed / 10 + e / 100, seconds=0.1)
            for e in range(1, epochs + 1)]
 for row in history:  # the line utils.fit prints, which the runner follows
-    print(f"epoch {row['epoch']:2d}  lr 0.1000  train loss 0.1 acc 99.00%  test loss 0.1 acc {row['test_acc']:.2f}%")
+    time.sleep(epoch_seconds)
+    print(f"epoch {row['epoch']:2d}  lr 0.1000  train loss 0.1 acc 99.00%  test loss 0.1 acc {row['test_acc']:.2f}%",
+          flush=True)
 from utils.results import save_results
 save_results(pathlib.Path(results_dir) / "tiny.json", "tiny", dict(lr=lr), 123, history)'''
 
@@ -63,7 +65,7 @@ def tiny_notebook(tmp_path):
     nb = nbformat.v4.new_notebook()
     setup = nbformat.v4.new_code_cell(f"import sys; sys.path.insert(0, {str(batch.REPO)!r})")
     params = nbformat.v4.new_code_cell('epochs = 15\nlr = 0.1\nseed = 1\nfail_on_seed = -1\nsleep_on_seed = -1\n'
-                                       'train_limit = None\nshape = None\n'
+                                       'train_limit = None\nshape = None\nepoch_seconds = 0.0\n'
                                        'results_dir = "results"\nimages_dir = "images"')
     params.metadata["tags"] = ["parameters"]
     nb.cells = [setup, params, nbformat.v4.new_code_cell(TINY)]

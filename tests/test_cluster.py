@@ -47,6 +47,14 @@ def test_a_failing_run_on_the_cluster_is_reported_and_the_other_finishes(schedul
     assert (tmp_path / "tiny" / "seed0" / "tiny.ipynb").is_file()  # the failed run's executed copy came back
 
 
+def test_epochs_of_cluster_runs_are_shown_as_they_come(scheduler, tiny_notebook, tmp_path, capfd):
+    summary = batch.run_batch(tiny_notebook, [0], [["epochs", "3"], ["epoch_seconds", "2.5"]],
+                              out_dir=tmp_path, scheduler=scheduler)
+    assert summary["finished"] == 1
+    out = capfd.readouterr().out
+    assert "seed0: epoch 1/3, test 99.31 %" in out and "seed0: epoch 2/3, test 99.32 %" in out
+
+
 def test_an_unreachable_scheduler_fails_before_any_run(tiny_notebook, tmp_path):
     with pytest.raises(ValueError, match="cannot reach the Dask scheduler"):
         batch.run_batch(tiny_notebook, [0], out_dir=tmp_path / "runs", scheduler="tcp://127.0.0.1:9")
