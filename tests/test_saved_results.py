@@ -23,6 +23,7 @@ def _block(text, marker):
     ("final-model", report.final_model_tables),
     ("seeds", lambda: report.seeds_table(RESULTS / "seeds.json")),
     ("heldout", lambda: report.seeds_table(RESULTS / "heldout.json")),
+    ("consistency", lambda: report.consistency_line(RESULTS)),
     ("attempts", lambda: report.attempts_table(RESULTS)),
     ("search", lambda: search.search_table(RESULTS)),
     ("ablation", lambda: search.ablation_table(RESULTS)),
@@ -44,6 +45,10 @@ def test_notebook_result_block_matches_its_results(name):
 
 
 EXERCISE_BUDGET = 8_000  # the exercise: fewer than 8,000 parameters
+FINAL_BUDGET = 6_000  # issue 12: the final is at most 6,000 parameters (aim: 5,000)
+# What a run of the final recipe must share with the committed final run.
+RECIPE_KEYS = ("arch", "layout", "batch_size", "lr", "dropout", "ema_decay", "augmentation", "pct_start",
+               "weight_decay", "label_smoothing", "epochs")
 
 
 def test_final_model_within_budget_and_holds_the_bar_in_its_saved_run():
@@ -55,30 +60,28 @@ def test_final_model_within_budget_and_holds_the_bar_in_its_saved_run():
     assert min(last5) >= BAR
 
 
-def test_final_model_holds_the_bar_on_every_seed():
+@pytest.mark.parametrize("study, runs", [("seeds", 5), ("heldout", 4)])
+def test_final_recipe_holds_the_bar_on_every_seed_of_its_studies(study, runs):
     final = load_results(RESULTS / "05_final.json")
-    s = load_results(RESULTS / "seeds.json")
-    assert s["notebook"] == "05_final.ipynb" and s["failed"] == 0 and s["finished"] >= 5
+    s = load_results(RESULTS / f"{study}.json")
+    assert s["notebook"] == "05_final.ipynb" and s["failed"] == 0 and s["finished"] >= runs
     assert s["holding_bar"] == s["finished"]
     for run in s["runs"]:
         assert run["params"] == final["params"]
+        assert {k: run["config"][k] for k in RECIPE_KEYS} == {k: final["config"][k] for k in RECIPE_KEYS}, run["run"]
         assert run["epochs"] == 15 and min(run["test_acc"][-5:]) >= BAR
 
 
-def test_final_model_holds_the_bar_on_held_out_seeds():
-    final = load_results(RESULTS / "05_final.json")
-    s = load_results(RESULTS / "heldout.json")
-    assert s["notebook"] == "05_final.ipynb" and s["failed"] == 0 and s["finished"] >= 4
-    assert s["holding_bar"] == s["finished"]
-    for run in s["runs"]:
-        assert run["params"] == final["params"] and run["config"]["arch"] == final["config"]["arch"]
-        assert run["epochs"] == 15 and min(run["test_acc"][-5:]) >= BAR
+def test_final_recipe_holds_with_a_margin_over_all_its_seeds():
+    mins = [r["last_min_test_acc"] for study in ("seeds", "heldout")
+            for r in load_results(RESULTS / f"{study}.json")["runs"]]
+    assert len(mins) >= 9 and search.margin(mins) >= BAR
 
 
 def test_held_out_seeds_were_never_used_before():
     used = {r["config"]["seed"] for p in RESULTS.glob("search_*.json") for r in load_results(p)["runs"]
             if r["status"] == "ok"}
-    used |= {int(r["run"].removeprefix("seed")) for r in load_results(RESULTS / "seeds.json")["runs"]}
+    used |= {r["config"]["seed"] for r in load_results(RESULTS / "seeds.json")["runs"]}
     held_out = {r["config"]["seed"] for r in load_results(RESULTS / "heldout.json")["runs"]}
     assert held_out and used and not held_out & used
 
@@ -96,7 +99,7 @@ def test_search_studies_record_what_each_run_was():
 def test_exported_model_loads_without_project_code_and_holds_the_bar(mnist):
     program = torch.export.load(str(RESULTS / "05_final.pt2"))
     weights = sum(p.numel() for p in program.module().parameters())
-    assert weights == load_results(RESULTS / "05_final.json")["params"] < EXERCISE_BUDGET
+    assert weights == load_results(RESULTS / "05_final.json")["params"] <= FINAL_BUDGET
     (_, _), (x, y) = mnist
     x = ((x.float() / 255 - 0.1307) / 0.3081).unsqueeze(1)
     with torch.no_grad():

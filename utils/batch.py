@@ -19,6 +19,7 @@ import argparse
 import ast
 import itertools
 import os
+import signal
 import statistics
 import sys
 import time
@@ -261,7 +262,15 @@ def run_batch(notebook, seeds, grid=(), jobs=1, out_dir=REPO / "runs", summary_p
     return summary
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv=None) -> int:
+    # SIGTERM (a job scheduler, `kill`) stops runs as Ctrl-C does; SIGINT too when the shell that
+    # started the runner in the background set it to be ignored.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
     parser = argparse.ArgumentParser(description="Rerun a notebook for several seeds / parameter values.")
     parser.add_argument("notebook", help="path of the notebook, e.g. notebooks/05_final.ipynb")
     parser.add_argument("--seeds", type=int, nargs="+", default=[], help="seeds, one run each")
