@@ -114,7 +114,7 @@ def run_task(notebook: Path, base: Path, run: dict, threads: int) -> dict:
                 args=(str(notebook), str(run_dir), run["parameters"], threads))
 
 
-def _display(path) -> str:
+def display_path(path) -> str:
     """A path as the user would type it: relative to the repository when inside it."""
     path = Path(path)
     try:
@@ -186,7 +186,7 @@ def run_pool(tasks: list[dict], executor, desc: str, finished: list | None = Non
                 records[task["name"]] = record = {"run": task["name"], **executor.collect(task, future)}
                 finished.append(record)
                 if record["status"] != "ok":
-                    tqdm.write(f"{task['name']} FAILED: {record['error']} (see {_display(task['run_dir'])})")
+                    tqdm.write(f"{task['name']} FAILED: {record['error']} (see {display_path(task['run_dir'])})")
                 else:
                     tqdm.write(f"{task['name']} done in {record['seconds']:.0f} s")
             live = []
@@ -244,7 +244,7 @@ def run_batch(notebook, seeds, grid=(), jobs=1, out_dir=REPO / "runs", summary_p
         executor.close()
     finally:
         shown = {t["name"]: dict(run=t["name"], parameters=t["args"][2],
-                                 notebook=_display(t["run_dir"] / notebook.name)) for t in tasks}
+                                 notebook=display_path(t["run_dir"] / notebook.name)) for t in tasks}
         records = [{**shown[r["run"]], **r} for r in records]
         order = {r["name"]: i for i, r in enumerate(runs)}
         records.sort(key=lambda r: order[r["run"]])

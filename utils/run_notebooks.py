@@ -57,7 +57,7 @@ def execute_in_place(notebook: str, threads: int, run_dir: str, batch_id: str = 
     if record["status"] == "ok":
         os.replace(partial, notebook)
     shown = notebook if record["status"] == "ok" else partial
-    return {**record, "run": notebook.stem, "notebook": str(shown.relative_to(REPO)),
+    return {**record, "run": notebook.stem, "notebook": batch.display_path(shown),
             "seconds": round(time.perf_counter() - start, 1)}
 
 
