@@ -222,3 +222,17 @@ def test_a_log_file_gets_one_line_per_event_and_no_bar(tiny_notebook, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "\r" not in result.stdout + result.stderr and "epoch/s" not in result.stderr
     assert "seed0: epoch" in result.stdout or "seed0 done in" in result.stdout
+
+
+def test_merge_two_invocations_into_one_study(tiny_notebook, tmp_path):
+    a = batch.run_batch(tiny_notebook, [0], [["epochs", "5"]], out_dir=tmp_path / "a", summary_path=tmp_path / "a.json")
+    b = batch.run_batch(tiny_notebook, [1, 2], [["epochs", "5"]], out_dir=tmp_path / "b",
+                        summary_path=tmp_path / "b.json")
+    assert batch.main([str(tiny_notebook), "--merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+                       "--summary", str(tmp_path / "all.json")]) == 0
+    merged = json.loads((tmp_path / "all.json").read_text())
+    assert [r["run"] for r in merged["runs"]] == ["seed0", "seed1", "seed2"]
+    assert merged["finished"] == 3 and merged["holding_bar"] == a["holding_bar"] + b["holding_bar"]
+    assert [p["runs"] for p in merged["merged_from"]] == [["seed0"], ["seed1", "seed2"]]
+    with pytest.raises(ValueError, match="share runs"):
+        batch.merge_summaries(tiny_notebook, [tmp_path / "a.json", tmp_path / "a.json"], tmp_path / "x.json")

@@ -29,7 +29,7 @@ from pathlib import Path
 import papermill as pm
 from tqdm.auto import tqdm
 
-from .results import BAR, LAST_N, save_json
+from .results import BAR, LAST_N, load_results, save_json
 from .train import SETTING_CHECKS, check_run_values, check_settings, pick_device
 
 REPO = Path(__file__).resolve().parents[1]
@@ -214,6 +214,35 @@ def run_pool(tasks: list[dict], executor, desc: str, finished: list | None = Non
     return [records[t["name"]] for t in tasks if t["name"] in records]
 
 
+def merge_summaries(notebook: Path, paths: list, summary_path, plot_path=None) -> dict:
+    """One study out of several batch summaries of ``notebook`` (a seed study run as two
+    invocations, say): the runs of all, the figures over all, and where each part came from."""
+    parts = [(Path(p), load_results(p)) for p in paths]
+    wrong = [p.name for p, s in parts if s.get("notebook") != Path(notebook).name]
+    if wrong:
+        raise ValueError(f"not summaries of {Path(notebook).name}: {', '.join(wrong)}")
+    records = [r for _, s in parts for r in s["runs"]]
+    names = [r["run"] for r in records]
+    if len(set(names)) < len(names):
+        raise ValueError(f"the summaries share runs: {sorted({n for n in names if names.count(n) > 1})}")
+    summary = summarize_runs(Path(notebook), records, parts[0][1]["jobs"], sum(s["wall_seconds"] for _, s in parts),
+                             parts[0][1].get("threads_per_run"))
+    summary["merged_from"] = [dict(summary=display_path(p), runs=[r["run"] for r in s["runs"]],
+                                   jobs=s["jobs"], wall_seconds=s["wall_seconds"]) for p, s in parts]
+    save_json(summary_path, summary)
+    _plot(records, Path(notebook), plot_path)
+    print(format_summary(summary))
+    return summary
+
+
+def _plot(records: list[dict], notebook: Path, plot_path) -> None:
+    if plot_path and any(r["status"] == "ok" for r in records):
+        from .plots import plot_seed_curves
+        curves = {r["run"]: [dict(epoch=i + 1, test_acc=a) for i, a in enumerate(r["test_acc"])]
+                  for r in records if r["status"] == "ok"}
+        plot_seed_curves(curves, title=f"{notebook.stem}: test accuracy per epoch", path=plot_path)
+
+
 def make_executor(jobs: int, scheduler: str | None):
     """The seam: runs go to worker processes here, or to the Dask cluster at ``scheduler``."""
     from .executors import DaskPool, LocalPool
@@ -253,11 +282,7 @@ def run_batch(notebook, seeds, grid=(), jobs=1, out_dir=REPO / "runs", summary_p
         save_json(base / "summary.json", summary)
         if summary_path:
             save_json(summary_path, summary)
-        if plot_path and summary["finished"]:
-            from .plots import plot_seed_curves
-            curves = {r["run"]: [dict(epoch=i + 1, test_acc=a) for i, a in enumerate(r["test_acc"])]
-                      for r in records if r["status"] == "ok"}
-            plot_seed_curves(curves, title=f"{notebook.stem}: test accuracy per epoch", path=plot_path)
+        _plot(records, notebook, plot_path)
     print(format_summary(summary))
     return summary
 
@@ -284,7 +309,17 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(REPO / "runs"), help="folder for the runs (default runs/)")
     parser.add_argument("--summary", help="also save the summary JSON here (e.g. results/seeds.json)")
     parser.add_argument("--plot", help="save a test-accuracy-per-epoch plot here (e.g. images/seeds.png)")
+    parser.add_argument("--merge", nargs="+", metavar="SUMMARY", help="run nothing: merge these summaries of the "
+                        "notebook (one study run as several invocations) into --summary")
     args = parser.parse_args(argv)
+    if args.merge:
+        if not args.summary:
+            parser.error("--merge needs --summary FILE")
+        try:
+            merge_summaries(args.notebook, args.merge, args.summary, args.plot)
+        except ValueError as exc:
+            parser.error(str(exc))
+        return 0
     try:
         summary = run_batch(args.notebook, args.seeds, args.param, args.jobs, args.out, args.summary, args.plot,
                             args.threads, args.scheduler)
