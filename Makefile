@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 READY  := $(VENV)/.installed
 
-.PHONY: run test unit smoke lint seeds heldout ablation ablation-lane-a ablation-lane-b bench clean-venv
+.PHONY: run test unit smoke lint seeds heldout ablation bench clean-venv
 
 $(READY): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -41,22 +41,12 @@ heldout: $(READY)
 	$(BATCH) --seeds 200 201 202 203 --out runs/heldout --summary results/heldout.json --plot images/heldout.png
 	$(PY) -m utils.report
 
-# What each ingredient of the final recipe buys: one change per study, seeds 0-2. Two lanes of
-# single-thread runs side by side, so neither core idles between studies.
-ABLATE := $(PY) -m utils.batch notebooks/05_final.ipynb --jobs 1 --threads 1 --seeds 0 1 2
-
+# What each ingredient of the final recipe buys: one change per study, seeds 0-2.
 ablation: $(READY)
-	$(MAKE) -j2 ablation-lane-a ablation-lane-b
+	$(BATCH) --seeds 0 1 2 -p ema_decay None --out runs/ablation_ema --summary results/ablation_ema_off.json
+	$(BATCH) --seeds 0 1 2 -p dropout 0.0 --out runs/ablation_dropout --summary results/ablation_no_dropout.json
+	$(BATCH) --seeds 0 1 2 -p rotate 0.0 --out runs/ablation_aug --summary results/ablation_no_rotation.json
 	$(PY) -m utils.report
-
-ablation-lane-a: $(READY)
-	$(ABLATE) -p ema_decay None 0.999 --out runs/ablation_ema --summary results/ablation_ema.json
-	$(ABLATE) -p batch_size 128 --out runs/ablation_batch --summary results/ablation_batch_128.json
-
-ablation-lane-b: $(READY)
-	$(ABLATE) -p rotate 0.0 -p translate 0.0 -p scale 0.0 --out runs/ablation_aug \
-		--summary results/ablation_no_augmentation.json
-	$(ABLATE) -p rotate 7.0 --out runs/ablation_rotate --summary results/ablation_rotate_7.json
 
 bench: $(READY)
 	$(PY) -m utils.bench

@@ -68,11 +68,11 @@ def test_search_table_reads_the_study_files(tmp_path):
 
 
 def test_search_table_orders_studies_as_made_and_ends_with_the_seed_studies(tmp_path):
-    for name in ("search_10_late.json", "search_9_early.json", "heldout.json", "seeds.json"):
+    for name in ("search_10_late.json", "search_9_early.json", "heldout.json", "seeds.json", "confirm_x.json"):
         save_json(tmp_path / name, dict(runs=[_run("seed0", 0, 99.40, True), _run("seed1", 1, 99.50, True)]))
     lines = search.search_table(tmp_path).splitlines()[2:]
-    assert [line.split("`")[1] for line in lines] == ["search_9_early.json", "search_10_late.json", "seeds.json",
-                                                      "heldout.json"]
+    assert [line.split("`")[1] for line in lines] == ["search_9_early.json", "search_10_late.json", "confirm_x.json",
+                                                      "seeds.json", "heldout.json"]
     assert "| 99.45 ± 0.07 | 99.31 | 99.40 |" in lines[0]  # margin: mean - 2 std
 
 

@@ -180,7 +180,7 @@ ARCHS = {
     "onepool_small": "c8 c8 M s8 c10 c10 c12 c12p",    # 4,964
     "onepool_plain": "c8 c8 M c10 c10 c12 c12p",       # 4,884: no squeeze
 }
-FINAL_ARCH = "onepool_narrow"
+FINAL_ARCH = "gap7624"
 
 
 def final_net(arch: str = FINAL_ARCH, dropout: float | None = None, dropout_kind: str = "element") -> nn.Module:

@@ -115,11 +115,14 @@ def plot_frontier(points: list[dict], path=None):
     for i, (name, group) in enumerate(sorted(groups.items())):
         x = group[0]["params"] + (i % 7 - 3) * 18  # spread candidates of the same size a little
         ys = [p["last_min"] for p in group]
-        confirm = group[0]["study"] in ("seeds", "heldout")
-        ax.scatter([x] * len(ys), ys, s=14, alpha=0.6, color="tab:green" if confirm else "tab:blue")
+        study = group[0]["study"]
+        color = "tab:green" if study in ("seeds", "heldout") else "tab:orange" if study.startswith("confirm") \
+            else "tab:blue"
+        ax.scatter([x] * len(ys), ys, s=14, alpha=0.6, color=color)
         ax.hlines(sum(ys) / len(ys), x - 40, x + 40, color="black", linewidth=1.5)
     ax.axhline(BAR, color="red", linestyle="--", linewidth=1, label=f"bar {BAR:.2f} %")
     ax.scatter([], [], s=14, color="tab:blue", label="search run (one seed)")
+    ax.scatter([], [], s=14, color="tab:orange", label="candidate on the final's seeds")
     ax.scatter([], [], s=14, color="tab:green", label="final model: seed / held-out study")
     ax.hlines([], 0, 0, color="black", label="mean of a candidate in a study")
     ax.set(xlabel="parameters", ylabel="minimum test accuracy over the last 5 epochs (%)",

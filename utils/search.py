@@ -106,8 +106,10 @@ def study_number(path: Path) -> tuple:
 
 
 def study_paths(results_dir: Path) -> list[Path]:
-    """The search's studies in the order they were made, then the final model's seed studies."""
-    paths = sorted(results_dir.glob("search_*.json"), key=study_number)
+    """The search's studies in the order they were made (``search_*``: screening and tuning seeds),
+    the confirmations of its candidates on the final model's seeds (``confirm_*``), then the
+    final model's own seed studies."""
+    paths = sorted(results_dir.glob("search_*.json"), key=study_number) + sorted(results_dir.glob("confirm_*.json"))
     return paths + [p for p in (results_dir / "seeds.json", results_dir / "heldout.json") if p.exists()]
 
 
