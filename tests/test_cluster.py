@@ -48,7 +48,7 @@ def test_a_failing_run_on_the_cluster_is_reported_and_the_other_finishes(schedul
 
 
 def test_epochs_of_cluster_runs_are_shown_as_they_come(scheduler, tiny_notebook, tmp_path, capfd):
-    summary = batch.run_batch(tiny_notebook, [0], [["epochs", "3"], ["epoch_seconds", "2.5"]],
+    summary = batch.run_batch(tiny_notebook, [0], [["epochs", "3"], ["epoch_seconds", "3.0"]],
                               out_dir=tmp_path, scheduler=scheduler)
     assert summary["finished"] == 1
     out = capfd.readouterr().out
