@@ -176,9 +176,7 @@ ARCHS = {
     # Round 2 (issue 12): where the parameters sit and how long resolution is kept.
     "onepool_narrow": "c8 c10 M s8 c12 c12 c12 c12p",  # 5,892: gap7624's shape, narrower, 1x1 squeeze
     "twopool_three": "c8 c8 M c10 c12 c12 M c16p",     # 5,764: three convs at 12x12, last on 3x3
-    "onepool_mid": "c8 c8 M s8 c10 c12 c12 c12p",      # 5,364
     "onepool_small": "c8 c8 M s8 c10 c10 c12 c12p",    # 4,964
-    "onepool_plain": "c8 c8 M c10 c10 c12 c12p",       # 4,884: no squeeze
 }
 FINAL_ARCH = "gap7624"
 
