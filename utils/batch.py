@@ -76,7 +76,7 @@ def check_run_point(values: dict, local: bool = True) -> None:
     check_run_values(**{**RUN_SETTINGS, **run})
     if local:
         pick_device(run.get("device", "auto"))
-    check_settings(**{k: v for k, v in values.items() if k in SETTINGS})
+    check_settings(epochs=run.get("epochs"), **{k: v for k, v in values.items() if k in SETTINGS})
 
 
 def plan_runs(notebook: Path, seeds: list[int], grid: list[list[str]], local: bool = True) -> list[dict]:

@@ -8,6 +8,10 @@
   training device and augments each batch there (the fast path).
 * ``classic_loader`` is the usual ``DataLoader`` + per-image PIL transforms,
   kept for comparison.
+
+Both can stop augmenting for a clean tail of training: with ``clean_from=k`` the passes of
+epoch ``k`` onwards (``fit`` tells the loader the epoch with ``set_epoch``) yield the original
+digits, and the passes before it are exactly what they would be without the setting.
 """
 
 from __future__ import annotations
@@ -221,17 +225,24 @@ def random_affine(x: torch.Tensor, generator: torch.Generator, rotate: float = 0
                          align_corners=False) + background
 
 
+def in_clean_tail(epoch: int | None, clean_from: int | None) -> bool:
+    """Whether ``epoch`` (1-based; None: not told) trains on the original digits."""
+    return clean_from is not None and epoch is not None and epoch >= clean_from
+
+
 class DeviceLoader:
     """The whole split as one tensor on ``device``, batched by index, augmented per batch.
 
     Iterating yields ``(x, y)`` like a DataLoader; ``len()`` is the number of batches.
     Each pass draws a new order and new augmentations, and the sequence of passes is a
-    pure function of ``seed``.
+    pure function of ``seed``. ``clean_from``: from that epoch on (see ``set_epoch``) the
+    batches are not augmented, and no augmentation is drawn for them.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 128,
                  shuffle: bool = True, device="cpu", seed: int = 0, rotate: float = 0.0,
-                 translate: float = 0.0, scale: float = 0.0, limit: int | None = None):
+                 translate: float = 0.0, scale: float = 0.0, limit: int | None = None,
+                 clean_from: int | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if len(images) != len(labels):
@@ -243,11 +254,16 @@ class DeviceLoader:
         self.y = labels.to(self.device)
         self.batch_size, self.shuffle = batch_size, shuffle
         self.augment = dict(rotate=rotate, translate=translate, scale=scale)
+        self.clean_from, self.epoch = clean_from, None
         self.generator = torch.Generator().manual_seed(seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch (1-based) the next pass belongs to; ``fit`` calls it before each epoch."""
+        self.epoch = epoch
 
     @property
     def augmenting(self) -> bool:
-        return any(v > 0 for v in self.augment.values())
+        return any(v > 0 for v in self.augment.values()) and not in_clean_tail(self.epoch, self.clean_from)
 
     def __len__(self) -> int:
         return math.ceil(len(self.y) / self.batch_size)
@@ -265,30 +281,45 @@ class DeviceLoader:
 
 
 def mnist_loaders(data_dir="data", batch_size=128, device="cpu", seed=0, rotate=0.0,
-                  translate=0.0, scale=0.0, train_limit=None, test_batch_size=1000):
-    """Train loader (shuffled, augmented as asked) and test loader (in order, never augmented)."""
+                  translate=0.0, scale=0.0, train_limit=None, test_batch_size=1000, clean_from=None):
+    """Train loader (shuffled, augmented as asked, up to epoch ``clean_from`` if given) and test
+    loader (in order, never augmented)."""
     train = DeviceLoader(*load_mnist(data_dir, train=True), batch_size=batch_size, device=device,
-                         seed=seed, rotate=rotate, translate=translate, scale=scale, limit=train_limit)
+                         seed=seed, rotate=rotate, translate=translate, scale=scale, limit=train_limit,
+                         clean_from=clean_from)
     test = DeviceLoader(*load_mnist(data_dir, train=False), batch_size=test_batch_size,
                         shuffle=False, device=device)
     return train, test
 
 
+class ClassicLoader(torch.utils.data.DataLoader):
+    """A DataLoader whose dataset drops the augmentation from epoch ``clean_from`` (``set_epoch``).
+
+    Workers copy the dataset when a pass starts, so switching its transform between passes is
+    enough."""
+
+    def __init__(self, dataset, augmented, plain, clean_from=None, **kwargs):
+        super().__init__(dataset, **kwargs)
+        self.augmented, self.plain, self.clean_from = augmented, plain, clean_from
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.transform = self.plain if in_clean_tail(epoch, self.clean_from) else self.augmented
+
+
 def classic_loader(data_dir="data", train=True, batch_size=128, rotate=7.0, num_workers=2,
-                   seed=0, translate=0.0, scale=0.0):
+                   seed=0, translate=0.0, scale=0.0, clean_from=None):
     """The classic pipeline: torchvision dataset + per-image PIL transforms + DataLoader.
 
     The training augmentation matches ``random_affine``'s ranges: rotation ±``rotate``°, shift
-    ±``translate`` of the size, zoom ±``scale``.
+    ±``translate`` of the size, zoom ±``scale``; from epoch ``clean_from`` on, none.
     """
     ensure_mnist(data_dir)
-    steps = []
+    to_tensor = [transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))]
+    plain = augmented = transforms.Compose(to_tensor)
     if train and (rotate or translate or scale):
-        steps.append(transforms.RandomAffine(degrees=(-rotate, rotate),
-                                             translate=(translate, translate) if translate else None,
-                                             scale=(1 - scale, 1 + scale) if scale else None, fill=0))
-    steps += [transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))]
-    ds = datasets.MNIST(data_dir, train=train, download=False, transform=transforms.Compose(steps))
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=train,
-                                       num_workers=num_workers,
-                                       generator=torch.Generator().manual_seed(seed))
+        augmented = transforms.Compose([transforms.RandomAffine(
+            degrees=(-rotate, rotate), translate=(translate, translate) if translate else None,
+            scale=(1 - scale, 1 + scale) if scale else None, fill=0), *to_tensor])
+    ds = datasets.MNIST(data_dir, train=train, download=False, transform=augmented)
+    return ClassicLoader(ds, augmented, plain, clean_from, batch_size=batch_size, shuffle=train,
+                         num_workers=num_workers, generator=torch.Generator().manual_seed(seed))

@@ -28,13 +28,14 @@ def start_run(epochs, batch_size, lr, seed, device="auto", data_dir="data",
     With ``MNIST_SMOKE`` set (``pytest --nbmake`` sets it) the run lasts one epoch, and when it
     would write to the committed ``results/`` and ``images/`` it writes under ``runs/smoke/``.
     """
+    asked_epochs = epochs  # clean_from is checked against these, not a smoke run's single epoch
     if os.environ.get(SMOKE_ENV):
         epochs = 1
         if results_dir == DEFAULT_RESULTS_DIR:
             results_dir, images_dir = "runs/smoke/results", "runs/smoke/images"
         print(f"{SMOKE_ENV} is set: smoke run of 1 epoch, outputs under {results_dir}/")
     device = check_run_config(epochs, batch_size, lr, device, data_dir)
-    check_settings(**settings)
+    check_settings(epochs=asked_epochs, **settings)
     seed_everything(seed)
     run = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=str(device),
                data_dir=str(data_dir), results_dir=str(results_dir), images_dir=str(images_dir))

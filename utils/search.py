@@ -24,14 +24,16 @@ RECIPE = {
     "dropout": "dropout {}", "dropout_kind": "dropout kind {}", "rotate": "rotate ±{}°",
     "translate": "shift ±{}", "scale": "scale ±{}", "ema_decay": "EMA {}",
     "label_smoothing": "label smoothing {}", "lr": "peak LR {}",
-    "batch_size": "batch {}", "weight_decay": "weight decay {}",
+    "batch_size": "batch {}", "weight_decay": "weight decay {}", "clean_from": "clean from epoch {}",
 }
+# How a setting that is off (None) reads, where "off" alone would not say enough.
+OFF = {"clean_from": "augmented to the end"}
 # The recipe every search study started from (the final notebook's parameters when the search
 # began); a search row lists only how it differs from this.
 SEARCH_BASE = dict(dropout=0.0, dropout_kind="element", rotate=7.0, translate=0.05, scale=0.05, ema_decay=0.999,
-                   label_smoothing=0.0, lr=0.1, batch_size=128, weight_decay=0.0)
+                   label_smoothing=0.0, lr=0.1, batch_size=128, weight_decay=0.0, clean_from=None)
 # A setting added after some studies ran: their configs lack it and ran with this value.
-ADDED_LATER = {"weight_decay": 0.0, "label_smoothing": 0.0}
+ADDED_LATER = {"weight_decay": 0.0, "label_smoothing": 0.0, "clean_from": None}
 
 
 def macs_per_image(model: torch.nn.Module) -> int:
@@ -54,7 +56,7 @@ def recipe_differences(config: dict, reference: dict) -> str:
     for key, text in RECIPE.items():
         mine, theirs = config.get(key, ADDED_LATER.get(key)), reference.get(key, ADDED_LATER.get(key))
         if mine != theirs and not (key == "dropout_kind" and not config.get("dropout")):
-            diffs.append(text.format("off" if mine is None else mine))
+            diffs.append(OFF.get(key, text.format("off")) if mine is None else text.format(mine))
     return ", ".join(diffs) or "same"
 
 

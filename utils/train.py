@@ -103,12 +103,23 @@ SETTING_CHECKS = {
     "ema_decay": lambda v: _number("ema_decay", v, 0, 1, low_open=True, allow_none=True),
     "label_smoothing": lambda v: _number("label_smoothing", v, 0, 1),
     "weight_decay": lambda v: _number("weight_decay", v, 0, 1),
+    "clean_from": lambda v: _first_clean_epoch(v, MAX_EPOCHS),
 }
 
 
-def check_settings(**settings) -> None:
+def _first_clean_epoch(value, epochs: int) -> None:
+    """``clean_from``: None (augment to the end) or the first epoch, 1..epochs, on original digits."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= epochs:
+        raise ValueError(f"clean_from must be None or an epoch between 1 and {epochs} (the run's epochs), "
+                         f"got {value!r}")
+
+
+def check_settings(epochs: int | None = None, **settings) -> None:
     """Check model and recipe settings by name (see ``SETTING_CHECKS``); ``arch`` with
-    ``dropout``/``dropout_kind`` is checked by building the model once on the CPU."""
+    ``dropout``/``dropout_kind`` is checked by building the model once on the CPU.
+    ``epochs``: the run's length, which ``clean_from`` must not pass."""
     from .models import final_net  # here, not at the top: models do not depend on training
 
     unknown = set(settings) - set(SETTING_CHECKS) - {"arch", "dropout_kind"}
@@ -117,6 +128,8 @@ def check_settings(**settings) -> None:
     for name, value in settings.items():
         if name in SETTING_CHECKS:
             SETTING_CHECKS[name](value)
+    if epochs is not None and "clean_from" in settings:
+        _first_clean_epoch(settings["clean_from"], epochs)
     if "arch" in settings or "dropout_kind" in settings:
         model_args = {k: settings[k] for k in ("arch", "dropout", "dropout_kind") if k in settings}
         final_net(**model_args)
@@ -203,8 +216,11 @@ def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None,
             raise ValueError(f"ema_decay must be between 0 and 1, got {ema_decay}")
         ema = AveragedModel(model, avg_fn=_ema_with_warmup(ema_decay), use_buffers=True)
     history = []
+    set_epoch = getattr(train_loader, "set_epoch", None)  # a loader with a clean tail needs the epoch
     epoch_bar = tqdm(range(1, epochs + 1), desc="epochs", disable=not progress)
     for epoch in epoch_bar:
+        if set_epoch is not None:
+            set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
         start = time.perf_counter()
         train_loss, train_acc = train_epoch(model, train_loader, optimizer,
