@@ -105,6 +105,18 @@ def test_bad_model_setting_rejected_before_any_run(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("grid, message", [
+    ([["clean_from", "11", "16"]], "between 1 and 15"),
+    ([["epochs", "15", "8"], ["clean_from", "10"]], "between 1 and 8"),  # checked against each point's epochs
+    ([["clean_from", "0"]], "clean_from"),
+])
+def test_clean_from_checked_for_every_grid_point_before_any_run(grid, message, tmp_path):
+    notebook = batch.REPO / "notebooks" / "05_final.ipynb"
+    with pytest.raises(ValueError, match=message):
+        batch.run_batch(notebook, [0], grid, out_dir=tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_unknown_notebook(tmp_path):
     with pytest.raises(ValueError, match="not found"):
         batch.plan_runs(tmp_path / "nope.ipynb", [0], [])

@@ -38,3 +38,21 @@ def test_benchmark_follows_the_final_notebook(data_dir):
     assert report["recipe"] == recipe and report["batch_size"] == recipe["batch_size"]
     assert report["params"] == count_params(final_net(recipe["arch"]))
     assert f"±{recipe['rotate']}°" in report["augmentation"] and f"scale ±{recipe['scale']}" in report["augmentation"]
+
+
+def test_benchmark_full_run_follows_the_clean_tail(data_dir, monkeypatch):
+    told = []
+    real = bench.mnist_loaders
+
+    def spy(*args, **kwargs):
+        train, test = real(*args, **kwargs)
+        told.append(train)
+        return train, test
+
+    recipe = {**bench.final_recipe(), "clean_from": 2}
+    monkeypatch.setattr(bench, "final_recipe", lambda: recipe)
+    monkeypatch.setattr(bench, "mnist_loaders", spy)
+    report = bench.run_benchmark(data_dir=data_dir, batches=1, warmup=0, repeats=1, epochs=2, train_limit=128,
+                                 num_workers=0, out=None)
+    assert "none from epoch 2" in report["augmentation"]
+    assert told[0].clean_from == 2 and told[0].epoch == 2 and not told[0].augmenting

@@ -85,3 +85,49 @@ def test_classic_loader_yields_normalized_batches(data_dir):
     assert x.shape == (64, 1, 28, 28) and y.shape == (64,)
     fast = data.DeviceLoader(*data.load_mnist(data_dir, train=False), batch_size=64, shuffle=False)
     assert torch.allclose(x, next(iter(fast))[0], atol=1e-5)
+
+
+def _passes(clean_from, epochs=4, **kwargs):
+    """Every batch of ``epochs`` passes, each told its epoch as ``fit`` does."""
+    fixed = torch.Generator().manual_seed(7)
+    images = torch.randint(0, 256, (300, 28, 28), dtype=torch.uint8, generator=fixed)
+    loader = data.DeviceLoader(images, torch.arange(300), batch_size=100, seed=3, rotate=10, translate=0.05,
+                               scale=0.05, clean_from=clean_from, **kwargs)
+    out = []
+    for epoch in range(1, epochs + 1):
+        loader.set_epoch(epoch)
+        out.append(list(loader))
+    return loader, out
+
+
+def test_clean_tail_yields_the_original_digits():
+    loader, passes = _passes(clean_from=3)
+    for epoch, batches in enumerate(passes, 1):
+        for x, y in batches:
+            original = loader.x[y]  # labels are the image indices here
+            assert torch.equal(x, original) == (epoch >= 3), f"epoch {epoch}"
+
+
+def test_epochs_before_the_clean_tail_are_unchanged():
+    _, always = _passes(clean_from=None)
+    _, tail = _passes(clean_from=3)
+    for epoch in (0, 1):
+        for (xa, ya), (xb, yb) in zip(always[epoch], tail[epoch]):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    # the loader never told its epoch (a peek, a plot) augments as before
+    loader = data.DeviceLoader(torch.zeros(10, 28, 28, dtype=torch.uint8), torch.arange(10), rotate=5,
+                               clean_from=1)
+    assert loader.augmenting
+
+
+def test_classic_loader_follows_the_clean_tail(data_dir):
+    loader = data.classic_loader(data_dir, train=True, batch_size=16, rotate=15, translate=0.1, num_workers=0,
+                                 clean_from=2)
+    plain = data.classic_loader(data_dir, train=True, batch_size=16, rotate=0, num_workers=0)
+    first = lambda ld: ld.dataset[0][0]  # noqa: E731 - image 0 through the loader's current transform
+    loader.set_epoch(1)
+    assert not torch.allclose(first(loader), first(plain), atol=1e-4)
+    loader.set_epoch(2)
+    assert torch.equal(first(loader), first(plain))
+    x, _ = next(iter(loader))  # and through the DataLoader, workers included
+    assert x.shape == (16, 1, 28, 28)

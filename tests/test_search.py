@@ -24,7 +24,9 @@ def test_recipe_differences():
     assert search.recipe_differences({**FINAL, "dropout_kind": "channel"}, FINAL) == "same"
     assert search.recipe_differences({**FINAL, "dropout": 0.05, "dropout_kind": "channel"}, FINAL) == \
         "dropout 0.05, dropout kind channel"
-    # a study run before weight_decay existed ran with 0.0
+    assert search.recipe_differences({**FINAL, "clean_from": 11}, FINAL) == "clean from epoch 11"
+    assert search.recipe_differences(FINAL, {**FINAL, "clean_from": 11}) == "augmented to the end"
+    # a study run before weight_decay (or clean_from) existed ran with 0.0 (None)
     older = {k: v for k, v in FINAL.items() if k != "weight_decay"}
     assert search.recipe_differences(older, FINAL) == "same"
 

@@ -148,6 +148,9 @@ def test_ema_model_is_what_was_tested_and_what_is_left(small_mnist):
     (dict(label_smoothing=1.0), "label_smoothing"),
     (dict(weight_decay=-1e-4), "weight_decay"),
     (dict(widths=[1, 2]), "unknown setting"),
+    (dict(clean_from=0), "clean_from must be None or an epoch between 1 and 15"),
+    (dict(clean_from=16), "clean_from must be None or an epoch between 1 and 15"),
+    (dict(clean_from=10.0), "clean_from"),
 ])
 def test_bad_model_settings_rejected_before_any_file(setting, message, tmp_path, monkeypatch):
     monkeypatch.delenv("MNIST_SMOKE", raising=False)
@@ -160,3 +163,32 @@ def test_bad_model_settings_rejected_before_any_file(setting, message, tmp_path,
 def test_good_model_settings_pass():
     check_settings(arch="twopool", dropout=0.0, dropout_kind="element", rotate=7.0, translate=0.05, scale=0.05,
                    pct_start=0.2, ema_decay=None, label_smoothing=0.1, weight_decay=5e-4)
+
+
+def test_clean_from_is_checked_against_the_run_length(tmp_path, monkeypatch):
+    monkeypatch.delenv("MNIST_SMOKE", raising=False)
+    with pytest.raises(ValueError, match="between 1 and 10"):
+        start_run(10, 128, 0.1, 0, "cpu", str(tmp_path / "data"), str(tmp_path / "r"), str(tmp_path / "i"),
+                  clean_from=11)
+    assert not (tmp_path / "r").exists()
+    # a smoke run (1 epoch) keeps the notebook's clean_from: it is checked against the epochs asked for
+    monkeypatch.setenv("MNIST_SMOKE", "1")
+    _, run = start_run(15, 128, 0.1, 0, "cpu", str(tmp_path / "data"), str(tmp_path / "r"), str(tmp_path / "i"),
+                       clean_from=11)
+    assert run["epochs"] == 1
+
+
+def test_fit_tells_the_loader_its_epoch_and_the_tail_changes_only_the_tail(small_mnist):
+    x, y, xt, yt = small_mnist
+    test = DeviceLoader(xt, yt, batch_size=128, shuffle=False)
+    histories = []
+    for clean_from in (None, 3):
+        seed_everything(0)
+        model = final_net("twopool")
+        train = DeviceLoader(x, y, batch_size=64, seed=0, rotate=15, translate=0.1, clean_from=clean_from)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        histories.append(fit(model, train, test, opt, 3, progress=False, log=None))
+        assert train.epoch == 3 and train.augmenting == (clean_from is None)
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    assert strip(histories[0])[:2] == strip(histories[1])[:2]
+    assert strip(histories[0])[2] != strip(histories[1])[2]
