@@ -240,11 +240,11 @@ def test_merge_two_invocations_into_one_study(tiny_notebook, tmp_path):
     a = batch.run_batch(tiny_notebook, [0], [["epochs", "5"]], out_dir=tmp_path / "a", summary_path=tmp_path / "a.json")
     b = batch.run_batch(tiny_notebook, [1, 2], [["epochs", "5"]], out_dir=tmp_path / "b",
                         summary_path=tmp_path / "b.json")
-    assert batch.main([str(tiny_notebook), "--merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+    assert batch.main([str(tiny_notebook), "--merge", str(tmp_path / "b.json"), str(tmp_path / "a.json"),
                        "--summary", str(tmp_path / "all.json")]) == 0
     merged = json.loads((tmp_path / "all.json").read_text())
-    assert [r["run"] for r in merged["runs"]] == ["seed0", "seed1", "seed2"]
+    assert [r["run"] for r in merged["runs"]] == ["seed0", "seed1", "seed2"]  # seed order, whatever ran first
     assert merged["finished"] == 3 and merged["holding_bar"] == a["holding_bar"] + b["holding_bar"]
-    assert [p["runs"] for p in merged["merged_from"]] == [["seed0"], ["seed1", "seed2"]]
+    assert [p["runs"] for p in merged["merged_from"]] == [["seed1", "seed2"], ["seed0"]]
     with pytest.raises(ValueError, match="share runs"):
         batch.merge_summaries(tiny_notebook, [tmp_path / "a.json", tmp_path / "a.json"], tmp_path / "x.json")

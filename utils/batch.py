@@ -221,7 +221,9 @@ def merge_summaries(notebook: Path, paths: list, summary_path, plot_path=None) -
     wrong = [p.name for p, s in parts if s.get("notebook") != Path(notebook).name]
     if wrong:
         raise ValueError(f"not summaries of {Path(notebook).name}: {', '.join(wrong)}")
-    records = [r for _, s in parts for r in s["runs"]]
+    # One study reads in seed order, whatever order its parts ran in (a screen on seeds 1, 2, 4,
+    # then the rest of 0-9, say).
+    records = sorted((r for _, s in parts for r in s["runs"]), key=lambda r: r["parameters"].get("seed", 0))
     names = [r["run"] for r in records]
     if len(set(names)) < len(names):
         raise ValueError(f"the summaries share runs: {sorted({n for n in names if names.count(n) > 1})}")
