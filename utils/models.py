@@ -178,7 +178,7 @@ ARCHS = {
     "twopool_three": "c8 c8 M c10 c12 c12 M c16p",     # 5,764: three convs at 12x12, last on 3x3
     "onepool_small": "c8 c8 M s8 c10 c10 c12 c12p",    # 4,964
 }
-FINAL_ARCH = "gap7624"
+FINAL_ARCH = "onepool_narrow"
 
 
 def final_net(arch: str = FINAL_ARCH, dropout: float | None = None, dropout_kind: str = "element") -> nn.Module:
