@@ -127,8 +127,13 @@ def seeds_table(path: Path) -> str:
             seconds = load_results(single)["summary"]["seconds"]
             alone = (f" The main job's run of the same notebook spent {seconds:.0f} s training "
                      f"(`results/05_final.json`).")
-        lines += [f"Wall time: {s['wall_seconds']:.0f} s for {len(s['runs'])} runs with `--jobs {s['jobs']}` "
-                  f"(≈ {s['wall_seconds'] / len(s['runs']):.0f} s per run).{alone}", ""]
+        if s.get("merged_from"):  # parts may have run side by side: their wall times add up to no wall time
+            timing = (f"Run time: {s['wall_seconds']:.0f} s summed over the {len(s['merged_from'])} invocations "
+                      f"merged into this study (≈ {s['wall_seconds'] / len(s['runs']):.0f} s per run).")
+        else:
+            timing = (f"Wall time: {s['wall_seconds']:.0f} s for {len(s['runs'])} runs with `--jobs {s['jobs']}` "
+                      f"(≈ {s['wall_seconds'] / len(s['runs']):.0f} s per run).")
+        lines += [timing + alone, ""]
     return "\n".join(lines + rows)
 
 
