@@ -192,3 +192,45 @@ def test_fit_tells_the_loader_its_epoch_and_the_tail_changes_only_the_tail(small
     strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
     assert strip(histories[0])[:2] == strip(histories[1])[:2]
     assert strip(histories[0])[2] != strip(histories[1])[2]
+
+
+def test_extra_averages_are_tested_without_changing_the_run(small_mnist):
+    x, y, xt, yt = small_mnist
+
+    def run(**averaging):
+        seed_everything(0)
+        model = final_net()
+        train = DeviceLoader(x, y, batch_size=32, seed=0, rotate=5)
+        test = DeviceLoader(xt, yt, batch_size=128, shuffle=False)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        return fit(model, train, test, opt, 2, progress=False, log=None, **averaging), model
+
+    strip = lambda h: [{k: v for k, v in r.items() if k not in ("seconds", "averages")} for r in h]
+    alone, alone_model = run(ema_decay=0.99)
+    both, both_model = run(ema_decay=0.99, extra_ema_decays=[0.9, 0.999])
+    assert strip(both) == strip(alone)  # the run's own average, and the training, are untouched
+    assert all(torch.equal(a, b) for a, b in zip(alone_model.state_dict().values(), both_model.state_dict().values()))
+    assert list(both[0]["averages"]) == ["0.9", "0.999"]
+    # Each extra average is what a run with that decay as its own would test.
+    other, _ = run(ema_decay=0.9)
+    assert [r["averages"]["0.9"]["test_acc"] for r in both] == [r["test_acc"] for r in other]
+    assert [r["averages"]["0.9"]["test_loss"] for r in both] == [r["test_loss"] for r in other]
+    with pytest.raises(ValueError, match="needs ema_decay"):
+        run(extra_ema_decays=[0.9])
+
+
+@pytest.mark.parametrize("value, message", [
+    (0.9995, "must be a list"), ([1.0], "extra_ema_decays entry"), ([float("nan")], "finite"),
+    ([0.9, 0.9], "twice"), (["0.9"], "finite number"),
+])
+def test_bad_extra_averages_are_refused(value, message):
+    with pytest.raises(ValueError, match=message):
+        check_settings(extra_ema_decays=value)
+
+
+@pytest.mark.parametrize("name", ["rotate", "translate", "scale", "dropout", "pct_start", "weight_decay",
+                                  "ema_decay", "label_smoothing"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_settings_are_refused_by_name(name, value):
+    with pytest.raises(ValueError, match=f"{name}.*finite"):
+        check_settings(**{name: value})

@@ -177,6 +177,8 @@ ARCHS = {
     "onepool_narrow": "c8 c10 M s8 c12 c12 c12 c12p",  # 5,892: gap7624's shape, narrower, 1x1 squeeze
     "twopool_three": "c8 c8 M c10 c12 c12 M c16p",     # 5,764: three convs at 12x12, last on 3x3
     "onepool_small": "c8 c8 M s8 c10 c10 c12 c12p",    # 4,964
+    # Round 4 (issue 21): width is cheap in depthwise-separable blocks.
+    "separable_wide": "c8 c8 M d16 d32 d32 d32",       # 4,880
 }
 FINAL_ARCH = "onepool_narrow"
 

@@ -153,8 +153,19 @@ def run_record(res: dict) -> dict:
             "last_min_test_acc": s["last_min_test_acc"], "best_test_acc": s["best_test_acc"],
             "holds_bar": s["holds_bar"], "epochs": s["epochs"],
             "seconds_per_epoch": round(statistics.median(r["seconds"] for r in res["history"]), 2),
-            "test_acc": [round(r["test_acc"], 2) for r in res["history"]], "config": res["config"],
+            "test_acc": [round(r["test_acc"], 2) for r in res["history"]],
+            **({"test_loss": [round(r["test_loss"], 5) for r in res["history"]]}
+               if "test_loss" in res["history"][0] else {}),
+            "config": res["config"],
+            **({"averages": averages(res["history"])} if "averages" in res["history"][0] else {}),
             **({"cpu": res["cpu"]} if "cpu" in res else {})}
+
+
+def averages(history: list[dict]) -> dict:
+    """Per extra average of a run (``fit``'s ``extra_ema_decays``): its test accuracies and losses."""
+    return {decay: {"test_acc": [round(r["averages"][decay]["test_acc"], 2) for r in history],
+                    "test_loss": [round(r["averages"][decay]["test_loss"], 5) for r in history]}
+            for decay in history[0]["averages"]}
 
 
 def stop_kernels(batch_id: str) -> list[int]:

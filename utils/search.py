@@ -181,3 +181,42 @@ def ablation_table(results_dir: Path) -> str:
             rows.append(f"| {label} | `{name}` | {_seeds(r['seeds'])} | {r['holding']}/{r['runs']} "
                         f"| {r['last_min']} | {r['worst']:.2f} | {final_mean:.2f} |")
     return "\n".join(rows)
+
+
+def average_rows(runs: list[dict], last_n: int = 5) -> list[dict]:
+    """The same runs judged through each average they tested: the run's own (``ema_decay``) and
+    every extra one (``extra_ema_decays``). Training is shared, so the rows are paired seed by seed.
+    Each row: last-5 minima, their mean/std/margin and the mean test loss of the last 5 epochs
+    (continuous, so far less noisy than a minimum of accuracies rounded to 0.01)."""
+    views = {f"EMA {runs[0]['config'].get('ema_decay')} (the run's own)": [(r["test_acc"], r.get("test_loss"))
+                                                                           for r in runs]}
+    for decay in runs[0].get("averages", {}):
+        views[f"EMA {decay}"] = [(r["averages"][decay]["test_acc"], r["averages"][decay]["test_loss"])
+                                 for r in runs]
+    rows = []
+    for label, curves in views.items():
+        mins = [min(accs[-last_n:]) for accs, _ in curves]
+        losses = [statistics.mean(loss[-last_n:]) for _, loss in curves if loss]
+        rows.append(dict(average=label, mins=mins, mean=statistics.mean(mins),
+                         std=statistics.stdev(mins) if len(mins) > 1 else 0.0, margin=margin(mins),
+                         worst=min(mins), holding=sum(m >= 99.40 for m in mins),
+                         test_loss=statistics.mean(losses) if len(losses) == len(curves) else None))
+    return rows
+
+
+def averages_table(results_dir: Path) -> str:
+    """Studies whose runs tested several averages (``extra_ema_decays``): one row per average."""
+    rows = ["| study | candidate | average | seeds | hold | last-5 min per seed | mean ± std | margin | "
+            "last-5 test loss |", "|---|---|---|---|:-:|---|--:|--:|--:|"]
+    for path in study_paths(results_dir):
+        for name, runs in candidates(load_results(path)).items():
+            if not runs[0].get("averages"):
+                continue
+            seeds = _seeds(sorted(r["config"]["seed"] for r in runs))
+            for row in average_rows(runs):
+                loss = "" if row["test_loss"] is None else f"{row['test_loss']:.5f}"
+                m = "" if row["margin"] is None else format_margin(row["margin"])
+                rows.append(f"| `{path.name}` | {runs[0]['config'].get('arch', '?')} {name} | {row['average']} "
+                            f"| {seeds} | {row['holding']}/{len(runs)} | {', '.join(f'{x:.2f}' for x in row['mins'])} "
+                            f"| {row['mean']:.3f} ± {row['std']:.3f} | {m} | {loss} |")
+    return "\n".join(rows) if len(rows) > 2 else "_No study tested several averages yet._"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import time
@@ -84,8 +85,8 @@ def check_run_config(epochs: int, batch_size: int, lr: float, device: str = "aut
 def _number(name, value, low, high, low_open=False, high_open=True, allow_none=False):
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
     too_low = value <= low if low_open else value < low
     too_high = value >= high if high_open else value > high
     if too_low or too_high:
@@ -104,7 +105,18 @@ SETTING_CHECKS = {
     "label_smoothing": lambda v: _number("label_smoothing", v, 0, 1),
     "weight_decay": lambda v: _number("weight_decay", v, 0, 1),
     "clean_from": lambda v: _first_clean_epoch(v, MAX_EPOCHS),
+    "extra_ema_decays": lambda v: _decays("extra_ema_decays", v),
 }
+
+
+def _decays(name, value) -> None:
+    """A list of averaging decays, each in (0, 1): more averages tested alongside the run's own."""
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{name} must be a list of decays in (0, 1), got {value!r}")
+    for decay in value:
+        _number(f"{name} entry", decay, 0, 1, low_open=True)
+    if len(set(value)) < len(value):
+        raise ValueError(f"{name} lists a decay twice: {list(value)!r}")
 
 
 def _first_clean_epoch(value, epochs: int) -> None:
@@ -143,7 +155,7 @@ def seed_everything(seed: int) -> None:
 
 def train_epoch(model, loader, optimizer, scheduler=None, progress=True, desc="train", ema=None,
                 label_smoothing=0.0):
-    """One pass over ``loader``; steps a per-batch scheduler and the EMA copy if given.
+    """One pass over ``loader``; steps a per-batch scheduler and the EMA copy (or a list of them) if given.
 
     ``label_smoothing`` > 0 trains against targets that give that much mass to the other classes
     (the model returns log-probabilities, which cross_entropy takes as logits unchanged).
@@ -159,8 +171,8 @@ def train_epoch(model, loader, optimizer, scheduler=None, progress=True, desc="t
         loss = F.cross_entropy(out, y, label_smoothing=label_smoothing) if label_smoothing else F.nll_loss(out, y)
         loss.backward()
         optimizer.step()
-        if ema is not None:
-            ema.update_parameters(model)
+        for average in ([] if ema is None else ema if isinstance(ema, list) else [ema]):
+            average.update_parameters(model)
         if scheduler is not None:
             scheduler.step()
         # Accumulate on the device; one sync per epoch instead of one per batch.
@@ -197,7 +209,8 @@ def _ema_with_warmup(decay: float):
 
 
 def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None,
-        scheduler_per_batch=None, ema_decay=None, label_smoothing=0.0, progress=True, log=print):
+        scheduler_per_batch=None, ema_decay=None, label_smoothing=0.0, progress=True, log=print,
+        extra_ema_decays=()):
     """Train for ``epochs`` epochs; return the history, one dict per epoch.
 
     ``scheduler_per_batch``: None decides from the type (OneCycleLR/CyclicLR step every batch,
@@ -206,6 +219,9 @@ def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None,
     step, and test that average instead of the last weights; at the end the model holds it.
     Averaging smooths the step-to-step noise of SGD, so test accuracy wobbles less between epochs.
     ``label_smoothing``: see ``train_epoch``.
+    ``extra_ema_decays``: more averages of the same run, each updated every step and tested every
+    epoch (``row["averages"][str(decay)]``), none of them changing the training: one run then
+    compares averages on a single trajectory. Needs ``ema_decay``.
     """
     if scheduler_per_batch is None:
         scheduler_per_batch = isinstance(scheduler, PER_BATCH_SCHEDULERS)
@@ -215,6 +231,9 @@ def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None,
         if not 0 < ema_decay < 1:
             raise ValueError(f"ema_decay must be between 0 and 1, got {ema_decay}")
         ema = AveragedModel(model, avg_fn=_ema_with_warmup(ema_decay), use_buffers=True)
+    if extra_ema_decays and ema is None:
+        raise ValueError("extra_ema_decays needs ema_decay: the run's own average is the one kept")
+    extras = {str(d): AveragedModel(model, avg_fn=_ema_with_warmup(d), use_buffers=True) for d in extra_ema_decays}
     history = []
     set_epoch = getattr(train_loader, "set_epoch", None)  # a loader with a clean tail needs the epoch
     epoch_bar = tqdm(range(1, epochs + 1), desc="epochs", disable=not progress)
@@ -225,9 +244,14 @@ def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None,
         start = time.perf_counter()
         train_loss, train_acc = train_epoch(model, train_loader, optimizer,
                                             scheduler if scheduler_per_batch else None,
-                                            progress=progress, desc=f"epoch {epoch}", ema=ema,
+                                            progress=progress, desc=f"epoch {epoch}",
+                                            ema=[ema, *extras.values()] if extras else ema,
                                             label_smoothing=label_smoothing)
         test_loss, test_acc = evaluate(ema.module if ema is not None else model, test_loader)
+        averages = {}
+        for name, average in extras.items():
+            loss, acc = evaluate(average.module, test_loader)
+            averages[name] = dict(test_loss=loss, test_acc=acc)
         seconds = time.perf_counter() - start
         if scheduler is not None and not scheduler_per_batch:
             if isinstance(scheduler, lr_scheduler.ReduceLROnPlateau):
@@ -236,6 +260,8 @@ def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None,
                 scheduler.step()
         row = dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
                    test_acc=test_acc, lr=lr, seconds=seconds)
+        if averages:
+            row["averages"] = averages
         history.append(row)
         epoch_bar.set_postfix(test_acc=f"{test_acc:.2f}")
         if log:
