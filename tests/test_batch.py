@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from utils import batch
-from utils.notebook_run import EpochWatcher, read_progress
+from utils.notebook_run import PROGRESS_FILE, KernelOutput, read_progress
 
 def test_two_seeds_two_run_folders_and_summary(tiny_notebook, tmp_path):
     out = tmp_path / "runs"
@@ -51,14 +51,21 @@ def test_output_shows_runs_and_not_the_kernels_tcp_warnings(tiny_notebook, tmp_p
     assert read_progress(run_dir) == {"epoch": 3, "test_acc": 99.33}
 
 
-def test_epoch_watcher_keeps_the_latest_epoch(tmp_path):
-    watcher = EpochWatcher(tmp_path)
-    assert read_progress(tmp_path) is None
-    watcher.write("device: cpu\n")
-    watcher.write("epoch  1  lr 0.0100  train loss 0.5 acc 90.00%  test loss 0.2 acc 97.50%  (9.0 s)\n"
-                  "epoch  2  lr 0.0200  train loss 0.3 acc 95.00%  test loss 0.1 acc 98.25%  (9.0 s)\n")
-    watcher.close()
-    assert read_progress(tmp_path) == {"epoch": 2, "test_acc": 98.25}
+def test_kernel_output_is_logged_and_each_new_epoch_reported_once(tmp_path, monkeypatch):
+    from utils.train import PROGRESS_ENV, report_progress
+
+    monkeypatch.setenv(PROGRESS_ENV, str(tmp_path / PROGRESS_FILE))
+    seen = []
+    output = KernelOutput(tmp_path, report=lambda epoch, acc: seen.append((epoch, acc)))
+    output.write("device: cpu\n")
+    assert read_progress(tmp_path) is None and seen == []
+    report_progress(1, 97.5)
+    output.write("epoch  1 ...\n")
+    output.write("more text\n")  # the same epoch: not reported again
+    report_progress(2, 98.254)
+    output.write("epoch  2 ...\n")
+    output.close()
+    assert seen == [(1, 97.5), (2, 98.25)] and read_progress(tmp_path) == {"epoch": 2, "test_acc": 98.25}
     assert "device: cpu" in (tmp_path / "output.log").read_text()
 
 
@@ -98,7 +105,7 @@ def test_bad_model_setting_rejected_before_any_run(tmp_path):
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     path = tmp_path / "nb.ipynb"
     nbformat.write(nb, path)
-    with pytest.raises(ValueError, match="unknown arch 'nope'"):  # the second grid value: nothing ran for the first
+    with pytest.raises(ValueError, match="arch must be one of"):  # the second grid value: nothing ran for the first
         batch.run_batch(path, [0], [["arch", "twopool", '"nope"']], out_dir=tmp_path / "runs")
     with pytest.raises(ValueError, match="dropout must be in"):
         batch.run_batch(path, [0], [["dropout", "1.5"]], out_dir=tmp_path / "runs")
@@ -135,9 +142,9 @@ def test_tuple_values_reach_the_notebook_as_lists(tiny_notebook):
 
 
 @pytest.mark.parametrize("name, value, message", [
-    ("batch_size", "0", "batch_size must be >= 1"),
-    ("epochs", "16", "epochs must be between 1 and 15"),
-    ("lr", "-1", "lr must be a number > 0"),
+    ("batch_size", "0", "batch_size must be an integer >= 1"),
+    ("epochs", "16", "epochs must be an integer between 1 and 15"),
+    ("lr", "-1", r"lr must be in \(0, 10\)"),
     ("device", "tpu", "unknown device 'tpu'"),
     ("train_limit", "0", "train_limit must be None or an integer >= 1"),
 ])

@@ -35,9 +35,9 @@ def test_benchmark_follows_the_final_notebook(data_dir):
     recipe = bench.final_recipe()
     report = bench.run_benchmark(data_dir=data_dir, batches=1, warmup=0, repeats=1, full_run=False,
                                  num_workers=0, out=None)
-    assert report["recipe"] == recipe and report["batch_size"] == recipe["batch_size"]
-    assert report["params"] == count_params(final_net(recipe["arch"]))
-    assert f"±{recipe['rotate']}°" in report["augmentation"] and f"scale ±{recipe['scale']}" in report["augmentation"]
+    assert report["recipe"] == recipe.config and report["batch_size"] == recipe.batch_size
+    assert report["params"] == count_params(final_net(recipe.arch))
+    assert f"±{recipe.rotate}°" in report["augmentation"] and f"scale ±{recipe.scale}" in report["augmentation"]
 
 
 def test_benchmark_full_run_follows_the_clean_tail(data_dir, monkeypatch):
@@ -49,7 +49,7 @@ def test_benchmark_full_run_follows_the_clean_tail(data_dir, monkeypatch):
         told.append(train)
         return train, test
 
-    recipe = {**bench.final_recipe(), "clean_from": 2}
+    recipe = bench.final_recipe().replace(clean_from=2, epochs=2)
     monkeypatch.setattr(bench, "final_recipe", lambda: recipe)
     monkeypatch.setattr(bench, "mnist_loaders", spy)
     report = bench.run_benchmark(data_dir=data_dir, batches=1, warmup=0, repeats=1, epochs=2, train_limit=128,

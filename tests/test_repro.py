@@ -24,11 +24,15 @@ def test_cpu_info_names_the_kernels_in_use():
 def test_a_results_file_records_the_cpu_it_ran_on(small_mnist, tmp_path):
     import json
 
-    from utils import DeviceLoader, final_net, finish_run
+    import torch
+
+    from utils import DeviceLoader, Recipe, final_net, finish_run
 
     _, _, xt, yt = small_mnist
     history = [dict(epoch=1, train_loss=1.0, train_acc=50.0, test_loss=1.0, test_acc=50.0, lr=0.1, seconds=1.0)]
-    run = dict(results_dir=str(tmp_path), images_dir=str(tmp_path / "images"))
-    finish_run("probe", final_net("twopool"), history, DeviceLoader(xt, yt, shuffle=False), run, {})
+    run = Recipe(results_dir=str(tmp_path), images_dir=str(tmp_path / "images"))
+    model = final_net("twopool")
+    finish_run("probe", model, history, DeviceLoader(xt, yt, shuffle=False), run,
+               torch.optim.SGD(model.parameters(), lr=0.1))
     saved = json.loads((tmp_path / "probe.json").read_text())
     assert saved["cpu"] == {**repro.cpu_info(), "threads": saved["cpu"]["threads"]}

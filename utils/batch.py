@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import ast
 import itertools
-import os
 import signal
 import statistics
 import sys
@@ -30,15 +29,12 @@ import papermill as pm
 from tqdm.auto import tqdm
 
 from .results import BAR, LAST_N, load_results, save_json
-from .train import SETTING_CHECKS, check_run_values, check_settings, pick_device
+from .recipe import SETTINGS, Recipe
+from .train import pick_device
+from .paths import REPO, relative
 
-REPO = Path(__file__).resolve().parents[1]
 # Parameters the runner sets itself for every run.
-RESERVED = {"seed", "results_dir", "images_dir"}
-# Model/recipe parameters checked before any run starts (the notebook checks them again itself).
-SETTINGS = {*SETTING_CHECKS, "arch", "dropout_kind"}
-# The run's own settings, with stand-ins for a notebook that lacks one (checked by check_run_values).
-RUN_SETTINGS = dict(epochs=1, batch_size=1, lr=1.0, device="auto", train_limit=None)
+RESERVED = {"seed", "results_dir", "images_dir", "threads"}
 
 
 def notebook_parameters(notebook: Path) -> dict:
@@ -69,14 +65,12 @@ def parse_value(name: str, text: str, default):
 
 
 def check_run_point(values: dict, local: bool = True) -> None:
-    """Check one grid point's settings (all of them, the run's and the model's) before any run:
-    a bad value fails here, not in a kernel 20 s later. ``local``: also that this machine has the
-    device (a cluster's workers may have one that this machine lacks)."""
-    run = {k: values[k] for k in RUN_SETTINGS if k in values}
-    check_run_values(**{**RUN_SETTINGS, **run})
-    if local:
-        pick_device(run.get("device", "auto"))
-    check_settings(epochs=run.get("epochs"), **{k: v for k, v in values.items() if k in SETTINGS})
+    """Check one grid point's settings (all of them: the notebook's parameters that are recipe
+    settings, ``utils.recipe``) before any run: a bad value fails here, not in a kernel 20 s later.
+    ``local``: also that this machine has the device (a cluster's workers may have one it lacks)."""
+    recipe = Recipe(**{k: v for k, v in values.items() if k in SETTINGS})
+    if local and "device" in recipe:
+        pick_device(recipe.device)
 
 
 def plan_runs(notebook: Path, seeds: list[int], grid: list[list[str]], local: bool = True) -> list[dict]:
@@ -111,19 +105,11 @@ def run_task(notebook: Path, base: Path, run: dict, threads: int) -> dict:
     """What the executor needs for one planned run, and what the progress display shows."""
     run_dir = base / run["name"]
     return dict(name=run["name"], run_dir=run_dir, epochs=run["epochs"],
-                args=(str(notebook), str(run_dir), run["parameters"], threads))
+                kwargs=dict(notebook=str(notebook), run_dir=str(run_dir), parameters=run["parameters"],
+                            threads=threads))
 
 
-def display_path(path) -> str:
-    """A path as the user would type it: relative to the repository when inside it."""
-    path = Path(path)
-    try:
-        return str(path.resolve().relative_to(REPO))
-    except ValueError:
-        return str(path)
-
-
-def _mean_std(values):
+def mean_and_std(values: list[float]) -> dict | None:
     if not values:
         return None
     return dict(mean=round(statistics.mean(values), 3),
@@ -139,9 +125,9 @@ def summarize_runs(notebook: Path, records: list[dict], jobs: int = 1, wall_seco
         runs=records,
         finished=len(ok), failed=len(records) - len(ok),
         holding_bar=sum(r["holds_bar"] for r in ok),
-        final_test_acc=_mean_std([r["final_test_acc"] for r in ok]),
-        last_min_test_acc=_mean_std([r["last_min_test_acc"] for r in ok]),
-        best_test_acc=_mean_std([r["best_test_acc"] for r in ok]),
+        final_test_acc=mean_and_std([r["final_test_acc"] for r in ok]),
+        last_min_test_acc=mean_and_std([r["last_min_test_acc"] for r in ok]),
+        best_test_acc=mean_and_std([r["best_test_acc"] for r in ok]),
     )
 
 
@@ -163,7 +149,7 @@ def format_summary(summary: dict) -> str:
 
 
 def run_pool(tasks: list[dict], executor, desc: str, finished: list | None = None) -> list[dict]:
-    """Run ``tasks`` (dicts with ``name``, ``run_dir``, ``epochs``, ``args``; see ``run_task``) on
+    """Run ``tasks`` (dicts with ``name``, ``run_dir``, ``epochs``, ``kwargs``; see ``run_task``) on
     ``executor`` (``utils.executors``), showing while they run: a line per epoch of each run, one
     per finished or failed run, and on a terminal a bar over all epochs with counts and time left.
 
@@ -186,7 +172,7 @@ def run_pool(tasks: list[dict], executor, desc: str, finished: list | None = Non
                 records[task["name"]] = record = {"run": task["name"], **executor.collect(task, future)}
                 finished.append(record)
                 if record["status"] != "ok":
-                    tqdm.write(f"{task['name']} FAILED: {record['error']} (see {display_path(task['run_dir'])})")
+                    tqdm.write(f"{task['name']} FAILED: {record['error']} (see {relative(task['run_dir'])})")
                 else:
                     tqdm.write(f"{task['name']} done in {record['seconds']:.0f} s")
             live = []
@@ -229,7 +215,7 @@ def merge_summaries(notebook: Path, paths: list, summary_path, plot_path=None) -
         raise ValueError(f"the summaries share runs: {sorted({n for n in names if names.count(n) > 1})}")
     summary = summarize_runs(Path(notebook), records, parts[0][1]["jobs"], sum(s["wall_seconds"] for _, s in parts),
                              parts[0][1].get("threads_per_run"))
-    summary["merged_from"] = [dict(summary=display_path(p), runs=[r["run"] for r in s["runs"]],
+    summary["merged_from"] = [dict(summary=relative(p), runs=[r["run"] for r in s["runs"]],
                                    jobs=s["jobs"], wall_seconds=s["wall_seconds"]) for p, s in parts]
     save_json(summary_path, summary)
     _plot(records, Path(notebook), plot_path)
@@ -245,28 +231,30 @@ def _plot(records: list[dict], notebook: Path, plot_path) -> None:
         plot_seed_curves(curves, title=f"{notebook.stem}: test accuracy per epoch", path=plot_path)
 
 
-def make_executor(jobs: int, scheduler: str | None):
-    """The seam: runs go to worker processes here, or to the Dask cluster at ``scheduler``."""
-    from .executors import DaskPool, LocalPool
+def run_batch(notebook, seeds, grid=(), jobs=None, out_dir=REPO / "runs", summary_path=None,
+              plot_path=None, threads=1, scheduler=None) -> dict:
+    """Run the notebook once per seed and grid point. ``jobs`` None: as many side by side as this
+    machine's cores hold at ``threads`` each (``executors.lanes``); on a cluster its workers decide."""
+    from .executors import DaskPool, LocalPool, lanes
 
-    return DaskPool(scheduler) if scheduler else LocalPool(jobs)
-
-
-def run_batch(notebook, seeds, grid=(), jobs=1, out_dir=REPO / "runs", summary_path=None,
-              plot_path=None, threads=None, scheduler=None) -> dict:
     notebook = Path(notebook).resolve()
-    if jobs < 1:
+    if jobs is not None and jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {jobs}")
-    if threads is not None and threads < 1:
+    if threads < 1:
         raise ValueError(f"--threads must be >= 1, got {threads}")
-    executor = make_executor(jobs, scheduler)  # a Dask cluster is reached and checked first
+    executor = DaskPool(scheduler) if scheduler else None  # a Dask cluster is reached and checked first
     try:
         runs = plan_runs(notebook, list(seeds), [list(g) for g in grid], local=not scheduler)
     except ValueError:
-        executor.close()
+        if executor:
+            executor.close()
         raise
+    if "threads" in notebook_parameters(notebook):  # the notebook sets its threads itself, from this
+        for run in runs:
+            run["parameters"]["threads"] = threads
+    jobs = jobs or (1 if scheduler else lanes(len(runs), threads))
+    executor = executor or LocalPool(jobs)
     base = Path(out_dir).resolve() / notebook.stem
-    threads = threads or (1 if scheduler else max(1, (os.cpu_count() or 1) // jobs))
     tasks = [run_task(notebook, base, r, threads) for r in runs]
     records: list[dict] = []
     start = time.perf_counter()
@@ -274,8 +262,8 @@ def run_batch(notebook, seeds, grid=(), jobs=1, out_dir=REPO / "runs", summary_p
         run_pool(tasks, executor, f"{notebook.stem}: {len(runs)} runs", records)
         executor.close()
     finally:
-        shown = {t["name"]: dict(run=t["name"], parameters=t["args"][2],
-                                 notebook=display_path(t["run_dir"] / notebook.name)) for t in tasks}
+        shown = {t["name"]: dict(run=t["name"], parameters=t["kwargs"]["parameters"],
+                                 notebook=relative(t["run_dir"] / notebook.name)) for t in tasks}
         records = [{**shown[r["run"]], **r} for r in records]
         order = {r["name"]: i for i, r in enumerate(runs)}
         records.sort(key=lambda r: order[r["run"]])
@@ -303,9 +291,10 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[], help="seeds, one run each")
     parser.add_argument("-p", "--param", nargs="+", action="append", default=[], metavar=("NAME", "VALUE"),
                         help="a notebook parameter and one or more values (a grid axis)")
-    parser.add_argument("--jobs", type=int, default=1, help="runs at once on this machine (default 1)")
-    parser.add_argument("--threads", type=int, help="threads per run (default: cores // jobs here, 1 on a "
-                        "cluster); set it when two batches share the machine")
+    parser.add_argument("--jobs", type=int, help="runs at once on this machine (default: as many as its cores "
+                        "hold at --threads each, at most one per run)")
+    parser.add_argument("--threads", type=int, default=1, help="threads per run (default 1: the committed "
+                        "histories' count; a CPU run repeats only with the same count)")
     parser.add_argument("--scheduler", metavar="tcp://HOST:PORT",
                         help="run on this Dask cluster instead of this machine (README, 'Sweeps on a cluster')")
     parser.add_argument("--out", default=str(REPO / "runs"), help="folder for the runs (default runs/)")

@@ -30,21 +30,22 @@ import torch.nn.functional as F
 from .data import DeviceLoader, classic_loader, load_mnist, mnist_loaders
 from .experiment import machine_description
 from .models import final_net
+from .recipe import SETTINGS, Recipe, final_training, fit_settings
 from .repro import ISA_CEILING, NATIVE_ENV, cpu_info, pin_isa
 from .results import save_json, summarize
 from .summary import count_params
 from .train import evaluate, fit, pick_device, seed_everything
+from .paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 TRAIN_IMAGES = 60_000
 FINAL_NOTEBOOK = REPO / "notebooks" / "05_final.ipynb"
 
 
-def final_recipe(notebook: Path = FINAL_NOTEBOOK) -> dict:
+def final_recipe(notebook: Path = FINAL_NOTEBOOK) -> Recipe:
     """The final notebook's parameter defaults: the recipe its saved run used."""
     from .batch import notebook_parameters  # papermill reads the parameters cell
 
-    return notebook_parameters(notebook)
+    return Recipe(**{k: v for k, v in notebook_parameters(notebook).items() if k in SETTINGS})
 
 
 def _sync(device):
@@ -52,12 +53,19 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def final_model(recipe: dict) -> torch.nn.Module:
+def final_model(recipe: Recipe) -> torch.nn.Module:
     """The final notebook's model, as its parameters cell builds it."""
-    return final_net(recipe["arch"], recipe["dropout"], recipe["dropout_kind"])
+    return final_net(recipe.arch, recipe.dropout, recipe.dropout_kind)
 
 
-def time_training_batches(loader, device, batches: int, warmup: int, repeats: int, recipe: dict) -> dict:
+def final_run_parts(recipe: Recipe, steps_per_epoch: int, epochs: int, device="cpu"):
+    """Model, optimizer and schedule of the full run, made as ``05_final`` makes them."""
+    model = final_model(recipe).to(device)
+    optimizer, scheduler = final_training(model, recipe, steps_per_epoch, epochs)
+    return model, optimizer, scheduler
+
+
+def time_training_batches(loader, device, batches: int, warmup: int, repeats: int, recipe: Recipe) -> dict:
     """Median seconds for ``batches`` training steps of the final model fed by ``loader``."""
     seed_everything(0)
     model = final_model(recipe).to(device)
@@ -86,7 +94,7 @@ def time_training_batches(loader, device, batches: int, warmup: int, repeats: in
                 timed_batches=batches, repeats=repeats, all_seconds=[round(t, 3) for t in times])
 
 
-def profile_training_steps(loader, device, recipe: dict, steps: int = 20, top: int = 8) -> list[dict]:
+def profile_training_steps(loader, device, recipe: Recipe, steps: int = 20, top: int = 8) -> list[dict]:
     """Where a training step's time goes: the ``top`` operators by self time (torch.profiler)."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -127,8 +135,8 @@ def project_steps(device, batches: int, warmup: int, repeats: int, data_dir=REPO
     """The project path's training steps alone, with the kernels this process has (see isa_comparison)."""
     recipe = final_recipe()
     images, labels = load_mnist(data_dir, train=True)
-    loader = DeviceLoader(images, labels, batch_size=recipe["batch_size"], device=device,
-                          **{k: recipe[k] for k in ("rotate", "translate", "scale")})
+    loader = DeviceLoader(images, labels, batch_size=recipe.batch_size, device=device,
+                          **{k: getattr(recipe, k) for k in ("rotate", "translate", "scale")})
     return {**time_training_batches(loader, device, batches, warmup, repeats, recipe), "cpu": cpu_info()}
 
 
@@ -140,8 +148,8 @@ def run_benchmark(device="auto", data_dir="data", batches=100, warmup=10, repeat
     recipe = final_recipe()
     # The timed batches are augmented ones (a pass not told its epoch augments); the full run
     # follows the recipe's clean tail as the notebook does.
-    augment = {k: recipe.get(k) for k in ("rotate", "translate", "scale", "clean_from")}
-    batch_size = recipe["batch_size"]
+    augment = {k: getattr(recipe, k) for k in ("rotate", "translate", "scale", "clean_from")}
+    batch_size = recipe.batch_size
     classic = classic_loader(data_dir, train=True, batch_size=batch_size, num_workers=num_workers, **augment)
     images, labels = load_mnist(data_dir, train=True)
     project = DeviceLoader(images, labels, batch_size=batch_size, device=device, **augment)
@@ -152,8 +160,8 @@ def run_benchmark(device="auto", data_dir="data", batches=100, warmup=10, repeat
                   augmentation=(f"random rotation ±{augment['rotate']}°, shift ±{augment['translate']}, "
                                 f"scale ±{augment['scale']}"
                                 + (f", none from epoch {augment['clean_from']}" if augment["clean_from"] else "")),
-                  model=f"final_net(arch={recipe['arch']!r})", layout=getattr(model, "layout", recipe["arch"]),
-                  params=count_params(model), recipe=recipe)
+                  model=f"final_net(arch={recipe.arch!r})", layout=getattr(model, "layout", recipe.arch),
+                  params=count_params(model), recipe=recipe.config)
     print(f"benchmark on {report['machine']}, torch {report['torch']}, {report['threads']} threads")
     report["classic"] = time_training_batches(classic, device, batches, warmup, repeats, recipe)
     print(f"classic  DataLoader: {report['classic']['images_per_s']:>9.0f} img/s  "
@@ -172,7 +180,7 @@ def run_benchmark(device="auto", data_dir="data", batches=100, warmup=10, repeat
         print(f"  {row['share']:6.1%}  {row['op']}")
 
     train_loader, test_loader = mnist_loaders(data_dir, batch_size=batch_size, device=device,
-                                              seed=recipe["seed"], train_limit=train_limit, **augment)
+                                              seed=recipe.seed, train_limit=train_limit, **augment)
     model = final_model(recipe).to(device)
     evaluate(model, test_loader)  # warm-up
     _sync(device)
@@ -183,16 +191,11 @@ def run_benchmark(device="auto", data_dir="data", batches=100, warmup=10, repeat
     print(f"test-set evaluation: {report['eval_seconds']:.2f} s (10,000 images, batches of 1000)")
 
     if full_run:  # the final notebook's training, as its parameters cell sets it
-        seed_everything(recipe["seed"])
-        model = final_model(recipe).to(device)
-        optimizer = torch.optim.SGD(model.parameters(), lr=recipe["lr"], momentum=0.9, nesterov=True,
-                                    weight_decay=recipe["weight_decay"])
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe["lr"], epochs=epochs,
-                                                        steps_per_epoch=len(train_loader),
-                                                        pct_start=recipe["pct_start"])
+        seed_everything(recipe.seed)
+        model, optimizer, scheduler = final_run_parts(recipe, len(train_loader), epochs, device)
         start = time.perf_counter()
-        history = fit(model, train_loader, test_loader, optimizer, epochs, scheduler, ema_decay=recipe["ema_decay"],
-                      label_smoothing=recipe["label_smoothing"], progress=False, log=None)
+        history = fit(model, train_loader, test_loader, optimizer, epochs, scheduler, progress=False, log=None,
+                      **fit_settings(recipe))
         _sync(device)
         s = summarize(history)
         report["full_run"] = dict(epochs=epochs, wall_seconds=round(time.perf_counter() - start, 1),

@@ -9,6 +9,7 @@ Planning, progress display and summaries (``utils.batch``) do not know which one
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import tempfile
@@ -18,9 +19,16 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from .notebook_run import PROGRESS_FILE, execute, read_progress, stop_kernels
+from .paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 PROGRESS_TOPIC = "mnist-batch-progress"
+
+
+def lanes(runs: int, threads: int = 1, cores: int | None = None) -> int:
+    """How many runs of ``threads`` threads go side by side: as many as the cores hold, never
+    more than there are runs, at least one."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, min(runs, cores // threads))
 
 
 def _ignore_sigint() -> None:
@@ -37,7 +45,7 @@ class LocalPool:
 
     def submit(self, task: dict):
         (Path(task["run_dir"]) / PROGRESS_FILE).unlink(missing_ok=True)  # a rerun's folder: no stale epoch
-        return self.pool.submit(task.get("fn", execute), *task["args"], batch_id=self.batch_id)
+        return self.pool.submit(task.get("fn", execute), **task["kwargs"], batch_id=self.batch_id)
 
     def progress(self, task: dict) -> dict | None:
         return read_progress(task["run_dir"])
@@ -134,7 +142,6 @@ class DaskPool:
             listed = "; ".join(f"{w}: {i['commit'] or 'no git checkout'} in {i['repo']}" for w, i in wrong.items())
             raise ValueError(f"the Dask cluster runs another commit of the project than this checkout ({mine}): "
                              f"{listed}")
-        self.allowed_failures = self.client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.allowed_failures)
 
     def _on_progress(self, event) -> None:
         _, msg = event
@@ -142,9 +149,9 @@ class DaskPool:
             self.latest[msg["run"]] = dict(epoch=msg["epoch"], test_acc=msg["test_acc"])
 
     def submit(self, task: dict):
-        notebook, run_dir, parameters, threads = task["args"]
-        return self.executor.submit(run_on_worker, Path(notebook).name, Path(notebook).read_text(),
-                                    Path(run_dir).name, parameters, threads, self.batch_id)
+        run = task["kwargs"]
+        return self.executor.submit(run_on_worker, Path(run["notebook"]).name, Path(run["notebook"]).read_text(),
+                                    Path(run["run_dir"]).name, run["parameters"], run["threads"], self.batch_id)
 
     def progress(self, task: dict) -> dict | None:
         return self.latest.get(Path(task["run_dir"]).name)

@@ -7,40 +7,52 @@ from pathlib import Path
 
 import torch
 
+from .data import check_data_dir
+from .paths import relative
 from .plots import plot_history, plot_misclassified
+from .recipe import SETTINGS, Recipe, describe
 from .repro import cpu_info, cpu_name
 from .results import save_results, summarize
 from .summary import count_params
-from .train import check_run_config, check_settings, seed_everything
+from .train import pick_device, seed_everything
 
 SMOKE_ENV = "MNIST_SMOKE"
-DEFAULT_RESULTS_DIR, DEFAULT_IMAGES_DIR = "results", "images"
+# A run that is not the notebook's full one (a smoke run, a subset) writes here instead of into the
+# committed results/ and images/.
+SIDE_RUNS = {"smoke": "runs/smoke", "subset": "runs/subset"}
 
 
-def start_run(epochs, batch_size, lr, seed, device="auto", data_dir="data",
-              results_dir=DEFAULT_RESULTS_DIR, images_dir=DEFAULT_IMAGES_DIR, **settings):
-    """Check the parameters, apply the smoke-test override, seed; return ``(device, run)``.
+def start_run(namespace: dict) -> tuple[Recipe, torch.device]:
+    """Check every parameter of a notebook (``globals()`` after its parameters cell) before any
+    file is written, set the CPU threads, seed; return ``(recipe, device)``.
 
-    ``settings`` are the notebook's model and recipe parameters (arch, dropout, rotate,
-    ema_decay, ...): each is checked here too (``utils.train.check_settings``), so a bad value
-    fails before the first file is written.
-
-    With ``MNIST_SMOKE`` set (``pytest --nbmake`` sets it) the run lasts one epoch, and when it
-    would write to the committed ``results/`` and ``images/`` it writes under ``runs/smoke/``.
+    With ``MNIST_SMOKE`` set (``pytest --nbmake`` sets it) the run lasts one epoch; a smoke run,
+    and a run on a subset (``train_limit``), writes under ``runs/smoke/`` or ``runs/subset/``
+    when it would write to the committed ``results/`` and ``images/``.
     """
-    asked_epochs = epochs  # clean_from is checked against these, not a smoke run's single epoch
-    if os.environ.get(SMOKE_ENV):
-        epochs = 1
-        if results_dir == DEFAULT_RESULTS_DIR:
-            results_dir, images_dir = "runs/smoke/results", "runs/smoke/images"
-        print(f"{SMOKE_ENV} is set: smoke run of 1 epoch, outputs under {results_dir}/")
-    device = check_run_config(epochs, batch_size, lr, device, data_dir)
-    check_settings(epochs=asked_epochs, **settings)
-    seed_everything(seed)
-    run = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=str(device),
-               data_dir=str(data_dir), results_dir=str(results_dir), images_dir=str(images_dir))
+    asked = Recipe.from_namespace(namespace)
+    values = asked.config
+    smoke = bool(os.environ.get(SMOKE_ENV))
+    if smoke:
+        values["epochs"] = 1
+    side = "smoke" if smoke else "subset" if values.get("train_limit") else None
+    if side and values.get("results_dir") == SETTINGS["results_dir"].default:
+        base = SIDE_RUNS[side]
+        values.update(results_dir=f"{base}/results", images_dir=f"{base}/images")
+        what = f"{SMOKE_ENV} is set: smoke run of 1 epoch" if smoke else f"a subset of {values['train_limit']:,} images"
+        print(f"{what}; outputs under {base}/")
+    if "export_path" in values and values.get("results_dir") != SETTINGS["results_dir"].default:
+        # keep the committed model: the export goes beside the results
+        values["export_path"] = f"{values['results_dir']}/{Path(values['export_path']).name}"
+    device = pick_device(values.get("device", "auto"))
+    check_data_dir(values.get("data_dir", "data"))
+    if device.type == "cpu" and values.get("threads") is not None:
+        torch.set_num_threads(values["threads"])
+    seed_everything(values["seed"])
+    values["device"] = str(device)
+    recipe = Recipe(asked_epochs=asked.epochs, **values)
     print(f"device: {device}  torch {torch.__version__}  threads {torch.get_num_threads()}")
-    return device, run
+    return recipe, device
 
 
 def machine_description(device: torch.device) -> str:
@@ -49,23 +61,26 @@ def machine_description(device: torch.device) -> str:
     return f"{cpu_name()} CPU, {os.cpu_count()} cores"
 
 
-def finish_run(name: str, model, history, test_loader, run: dict, config: dict, title: str = ""):
-    """Plot curves and mistakes, save ``<results_dir>/<name>.json``; return the summary."""
-    images = Path(run["images_dir"])
-    plot_history(history, title=title or name, path=images / f"{name}_curves.png")
+def finish_run(name: str, model, history, test_loader, recipe: Recipe, optimizer, scheduler=None):
+    """Plot curves and mistakes, save ``<results_dir>/<name>.json`` with the recipe and what was
+    built from it (model, optimizer, schedule); return the summary."""
+    images = Path(recipe.images_dir)
+    plot_history(history, title=name, path=images / f"{name}_curves.png")
     plot_misclassified(model, test_loader, path=images / f"{name}_misclassified.png")
     device = next(model.parameters()).device
     params = count_params(model)
-    path = save_results(Path(run["results_dir"]) / f"{name}.json", name=name,
-                        config={**run, **config}, params=params, history=history,
+    config = {k: relative(v) if SETTINGS[k].path else v for k, v in recipe.config.items()}
+    path = save_results(Path(recipe.results_dir) / f"{name}.json", name=name,
+                        config={**config, **describe(model, optimizer, scheduler)}, params=params, history=history,
                         machine=machine_description(device), torch=torch.__version__, cpu=cpu_info())
     summary = summarize(history)
-    print(f"saved {path}")
-    print(format_summary(params, summary))
+    print(f"saved {relative(path)}")
+    print(run_line(params, summary))
     return summary
 
 
-def format_summary(params: int, s: dict) -> str:
+def run_line(params: int, s: dict) -> str:
+    """One run's summary on one line, as a notebook prints it."""
     last = ", ".join(f"{a:.2f}" for a in s["last_test_accs"])
     verdict = "holds" if s["holds_bar"] else "does NOT hold"
     return (f"params {params:,} | epochs {s['epochs']} | best train {s['best_train_acc']:.2f}% | "

@@ -5,10 +5,21 @@ Every model maps a normalized ``(N, 1, 28, 28)`` batch to ``(N, 10)`` log-probab
 
 from __future__ import annotations
 
+import functools
 import re
 
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+def named(builder):
+    """Mark what a factory builds with its name (``model.builder``), for the saved config."""
+    @functools.wraps(builder)
+    def build(*args, **kwargs):
+        model = builder(*args, **kwargs)
+        model.builder = builder.__name__
+        return model
+    return build
 
 
 def conv_block(c_in: int, c_out: int, padding: int = 0, batch_norm: bool = True,
@@ -57,11 +68,13 @@ class PlainNet(nn.Module):
         return F.log_softmax(self.head(x), dim=1)
 
 
+@named
 def skeleton_net() -> PlainNet:
     """Step 1: the whole pipeline on a plain ~15k-parameter conv net."""
     return PlainNet(c1=8, c2=16, c3=16, squeeze=8, c4=16, c5=16, extra=0, head_size=7)
 
 
+@named
 def lighter_net() -> PlainNet:
     """Step 2: the same layout under 10k parameters (narrower, one more conv, smaller head)."""
     return PlainNet(c1=8, c2=12, c3=12, squeeze=8, c4=12, c5=12, extra=1, head_size=5)
@@ -93,6 +106,7 @@ class GapNet(nn.Module):
 REGULARIZED_WIDTHS = (8, 12, 10, 14, 14, 14, 12)  # c1, c2, squeeze, c3, c4, c5, c6
 
 
+@named
 def regularized_net(dropout: float = 0.05) -> GapNet:
     """Steps 3-5: BN + dropout + GAP, 7,624 parameters."""
     return GapNet(*REGULARIZED_WIDTHS, dropout=dropout)
@@ -183,6 +197,7 @@ ARCHS = {
 FINAL_ARCH = "onepool_narrow"
 
 
+@named
 def final_net(arch: str = FINAL_ARCH, dropout: float | None = None, dropout_kind: str = "element") -> nn.Module:
     """Step 5: a compact layout from ``ARCHS``, or "gap7624" (step 4's net, the first final).
 

@@ -1,16 +1,16 @@
 """One headless notebook run: papermill in this process, the kernel's output kept in logs, the
-per-epoch progress reported as it comes, a kernel that fails to start tried again.
+per-epoch progress as it comes, a kernel that fails to start tried again.
 
 Used by the batch runner on this machine and on Dask workers alike (``utils.executors``), and by
-the main job. Nothing here knows where it runs: progress goes to a ``report(epoch, test_acc)``
-callable that the caller picks.
+the main job. ``utils.fit`` in the kernel writes each finished epoch to the run folder's
+``progress.json``; a local runner reads that file, and on a Dask worker each new epoch goes to a
+``report(epoch, test_acc)`` callable that the caller picks.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import statistics
 import sys
 import time
@@ -20,8 +20,7 @@ import papermill as pm
 
 from .experiment import SMOKE_ENV
 from .repro import pin_isa
-from .results import save_json
-from .train import NO_BARS_ENV
+from .train import NO_BARS_ENV, PROGRESS_ENV
 
 PROGRESS_FILE = "progress.json"
 # Marks every kernel a batch starts, so that stopping the batch can find and end them all.
@@ -33,39 +32,30 @@ KERNEL_START_FAILURES = ("Kernel died before replying to kernel_info", "Kernel d
                          "Address already in use")
 
 
-class EpochWatcher:
+class KernelOutput:
     """A file-like sink for a notebook's stdout (papermill's ``stdout_file``): it keeps the text in
-    ``output.log`` and calls ``report(epoch, test_acc)`` for each per-epoch line of ``utils.fit``."""
-
-    LINE = re.compile(r"^epoch\s+(\d+)\s.*test loss \S+ acc ([\d.]+)%", re.M)
+    ``output.log``, and after each piece of output passes a newly finished epoch, which ``utils.fit``
+    writes to ``progress.json`` (``PROGRESS_ENV``), to ``report(epoch, test_acc)`` if one is given."""
 
     def __init__(self, run_dir: Path, report=None):
         # Absolute: papermill changes the working directory to the notebook's while it runs.
-        self.report = report or FileProgress(run_dir)
-        self.log = open(Path(run_dir).resolve() / "output.log", "w")  # noqa: SIM115 - closed by close()
+        self.run_dir = Path(run_dir).resolve()
+        self.report, self.reported = report, None
+        self.log = open(self.run_dir / "output.log", "w")  # noqa: SIM115 - closed by close()
 
     def write(self, text: str) -> None:
         self.log.write(text)
-        found = self.LINE.findall(text)
-        if found:
-            epoch, acc = found[-1]
-            self.report(int(epoch), float(acc))
+        if self.report is not None:
+            progress = read_progress(self.run_dir)
+            if progress and progress != self.reported:
+                self.reported = progress
+                self.report(progress["epoch"], progress["test_acc"])
 
     def flush(self) -> None:
         self.log.flush()
 
     def close(self) -> None:
         self.log.close()
-
-
-class FileProgress:
-    """Progress as a file in the run folder, for a parent process on the same machine to read."""
-
-    def __init__(self, run_dir):
-        self.path = Path(run_dir).resolve() / PROGRESS_FILE
-
-    def __call__(self, epoch: int, test_acc: float) -> None:
-        save_json(self.path, dict(epoch=epoch, test_acc=test_acc))
 
 
 def read_progress(run_dir: Path) -> dict | None:
@@ -91,6 +81,7 @@ def execute_notebook(notebook: str, output: str, parameters: dict, threads: int,
     os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by the kernel, as is all below
     os.environ[NO_BARS_ENV] = "1"
     os.environ[BATCH_ENV] = batch_id
+    os.environ[PROGRESS_ENV] = str((Path(run_dir) / PROGRESS_FILE).resolve())
     os.environ.pop(SMOKE_ENV, None)
     pin_isa()
     run_dir = Path(run_dir)
@@ -110,7 +101,7 @@ def execute_notebook(notebook: str, output: str, parameters: dict, threads: int,
 def _execute_once(notebook, output, parameters, run_dir: Path, report, cwd) -> dict:
     sys.stderr.flush()
     saved_stderr = os.dup(2)
-    watcher = EpochWatcher(run_dir, report)
+    watcher = KernelOutput(run_dir, report)
     try:
         with open(run_dir / "kernel.log", "a") as kernel_log:
             os.dup2(kernel_log.fileno(), 2)  # the kernel process inherits this descriptor

@@ -19,8 +19,8 @@ from .models import final_net
 from .plots import plot_frontier
 from .results import BAR, load_results
 from .summary import receptive_field, receptive_field_markdown, summary_table
+from .paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 
 # Prose per step (no figures): what it aimed at and what it changed.
 STEPS = {

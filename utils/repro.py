@@ -4,10 +4,13 @@ A CPU run repeats bit for bit only with the same thread count *and* the same ker
 ATen pick AVX-512 code on CPUs that have it and AVX2 code on those that do not, and the two round
 differently. The runners (main job, batch, benchmark) therefore cap both at AVX2, which every
 x86-64 CPU of the last decade has, so that any such machine can reproduce a committed history
-exactly. Measured here: the cap costs no speed on the small nets of this project.
+exactly. What the cap costs in speed is measured by ``make bench`` (``results/bench.json``, "isa").
 
-To run the CPU's own best kernels instead, set ``MNIST_NATIVE_ISA=1`` before starting a runner;
-a ceiling the user exports (``ONEDNN_MAX_CPU_ISA``, ``ATEN_CPU_CAPABILITY``) is kept as it is.
+Importing ``utils`` sets the ceiling (before it imports torch), so a notebook whose first cell
+imports it repeats the saved runs too, in Jupyter, under plain papermill or nbmake. To run the
+CPU's own best kernels instead, set ``MNIST_NATIVE_ISA=1``; a ceiling the user exports
+(``ONEDNN_MAX_CPU_ISA``, ``ATEN_CPU_CAPABILITY``) is kept as it is. This module imports no torch
+at its top, so that ``utils/__init__`` can pin the ceiling first.
 """
 
 from __future__ import annotations
@@ -15,8 +18,6 @@ from __future__ import annotations
 import os
 import platform
 from pathlib import Path
-
-import torch
 
 # Read by oneDNN (convolutions) and ATen (element-wise kernels) at their first use in a process.
 ISA_CEILING = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
@@ -47,6 +48,8 @@ def cpu_name() -> str:
 
 def cpu_info() -> dict:
     """What a CPU history depends on: the CPU, torch's kernel level, the ISA ceiling, the threads."""
+    import torch
+
     return dict(cpu=cpu_name(), torch_cpu_capability=torch.backends.cpu.get_cpu_capability(),
                 onednn_max_cpu_isa=os.environ.get("ONEDNN_MAX_CPU_ISA", "unset (native)"),
                 aten_cpu_capability=os.environ.get("ATEN_CPU_CAPABILITY", "unset (native)"),

@@ -4,8 +4,9 @@ regenerate every Result block and README table from the saved results.
     python -m utils.run_notebooks                 # all five, two at a time
     python -m utils.run_notebooks 05_final        # just one (name or path)
 
-The notebooks are independent, so they run side by side (``--jobs``, one thread each on two
-cores). A notebook is executed into a temporary copy and only replaces the saved one when it
+The notebooks are independent, so they run side by side, one thread each (the count the
+committed histories were made with), as many at once as the machine has cores. A notebook is
+executed into a temporary copy and only replaces the saved one when it
 finished, so a failed or interrupted run never destroys the outputs already committed.
 """
 
@@ -21,13 +22,13 @@ import torch
 
 from . import batch, report
 from .data import ensure_mnist
-from .executors import LocalPool
+from .executors import LocalPool, lanes
 from .experiment import machine_description
 from .notebook_run import execute_notebook
 from .repro import cpu_info, pin_isa
 from .results import save_json
+from .paths import REPO, relative
 
-REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = [REPO / "notebooks" / f"{name}.ipynb" for name in report.STEPS]
 LOGS = REPO / "runs" / "main"  # per notebook: output.log, kernel.log, progress.json
 # Relative cost of an epoch (measured: steps 3-4's dropout net is the slowest), to start it first.
@@ -57,30 +58,31 @@ def execute_in_place(notebook: str, threads: int, run_dir: str, batch_id: str = 
     if record["status"] == "ok":
         os.replace(partial, notebook)
     shown = notebook if record["status"] == "ok" else partial
-    return {**record, "run": notebook.stem, "notebook": batch.display_path(shown),
+    return {**record, "run": notebook.stem, "notebook": relative(shown),
             "seconds": round(time.perf_counter() - start, 1)}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Run the notebooks at full length, in place.")
     parser.add_argument("notebooks", nargs="*", help="names such as 05_final (default: all five)")
-    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
-                        help="notebooks run side by side, each with cores/jobs threads (default: 2)")
+    parser.add_argument("--jobs", type=int, help="notebooks side by side (default: as many as the cores hold, "
+                        "one thread each, at most the notebooks run)")
     args = parser.parse_args(argv)
     paths = resolve(args.notebooks)
-    if args.jobs < 1:
+    if args.jobs is not None and args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
     pin_isa()  # before this process's first torch operation; the kernels inherit it
     ensure_mnist(REPO / "data")
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    print(f"running {len(paths)} notebooks, {args.jobs} at a time with {threads} thread(s) each; "
+    threads = 1  # the committed histories' count: a CPU run repeats bit for bit only with it
+    jobs = args.jobs or lanes(len(paths), threads)
+    print(f"running {len(paths)} notebooks, {jobs} at a time with {threads} thread(s) each; "
           f"logs under {LOGS.relative_to(REPO)}/", flush=True)
     # Longest first, so the last notebook to start is a short one.
     order = sorted(paths, key=lambda p: -EXPECTED_EPOCH_COST.get(p.stem, 1))
     tasks = [dict(name=p.stem, run_dir=LOGS / p.stem, epochs=15, fn=execute_in_place,
-                  args=(str(p), threads, str(LOGS / p.stem))) for p in order]
+                  kwargs=dict(notebook=str(p), threads=threads, run_dir=str(LOGS / p.stem))) for p in order]
     start = time.perf_counter()
-    executor = LocalPool(args.jobs)
+    executor = LocalPool(jobs)
     records = batch.run_pool(tasks, executor, "main job")
     executor.close()
     wall = time.perf_counter() - start
@@ -90,7 +92,7 @@ def main(argv=None) -> int:
               f"{r['notebook']}", file=sys.stderr)
     if len(paths) == len(NOTEBOOKS) and not failed:  # the whole main job: keep its timing for the README
         save_json(REPO / "results" / "main_job.json",
-                  dict(wall_seconds=round(wall, 1), jobs=args.jobs, threads_per_notebook=threads,
+                  dict(wall_seconds=round(wall, 1), jobs=jobs, threads_per_notebook=threads,
                        machine=machine_description(torch.device("cpu")), cpu=cpu_info(),
                        notebooks={r["run"]: r["seconds"] for r in records}))
     report.main(REPO)

@@ -18,23 +18,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .models import final_net
+from .recipe import SETTINGS, comparable
 from .results import load_results
 
-# The recipe fields a run's config is compared on, with how a difference is written.
-RECIPE = {
-    "dropout": "dropout {}", "dropout_kind": "dropout kind {}", "rotate": "rotate ±{}°",
-    "translate": "shift ±{}", "scale": "scale ±{}", "ema_decay": "EMA {}",
-    "label_smoothing": "label smoothing {}", "lr": "peak LR {}",
-    "batch_size": "batch {}", "weight_decay": "weight decay {}", "clean_from": "clean from epoch {}",
-}
-# How a setting that is off (None) reads, where "off" alone would not say enough.
-OFF = {"clean_from": "augmented to the end"}
 # The recipe every search study started from (the final notebook's parameters when the search
 # began); a search row lists only how it differs from this.
 SEARCH_BASE = dict(dropout=0.0, dropout_kind="element", rotate=7.0, translate=0.05, scale=0.05, ema_decay=0.999,
                    label_smoothing=0.0, lr=0.1, batch_size=128, weight_decay=0.0, clean_from=None)
-# A setting added after some studies ran: their configs lack it and ran with this value.
-ADDED_LATER = {"weight_decay": 0.0, "label_smoothing": 0.0, "clean_from": None}
 
 
 def macs_per_image(model: torch.nn.Module) -> int:
@@ -45,23 +35,22 @@ def macs_per_image(model: torch.nn.Module) -> int:
     return counter.get_total_flops() // 2
 
 
-def flat_config(config: dict) -> dict:
-    """A run's config with the augmentation ranges (saved as a nested dict) at the top level."""
-    return {**config, **(config.get("augmentation") or {})}
-
-
 def recipe_differences(config: dict, reference: dict) -> str:
-    """How ``config`` differs from the recipe ``reference``, e.g. "EMA off, dropout 0.05"."""
-    config, reference = flat_config(config), flat_config(reference)
+    """How ``config`` differs from the recipe ``reference``, e.g. "EMA off, dropout 0.05": every
+    setting with a ``label`` (``utils.recipe.SETTINGS``)."""
+    mine, theirs = comparable(config), comparable(reference)
     diffs = []
-    for key, text in RECIPE.items():
-        mine, theirs = config.get(key, ADDED_LATER.get(key)), reference.get(key, ADDED_LATER.get(key))
-        if mine != theirs and not (key == "dropout_kind" and not config.get("dropout")):
-            diffs.append(OFF.get(key, text.format("off")) if mine is None else text.format(mine))
+    for name, setting in SETTINGS.items():
+        if setting.label is None or mine[name] == theirs[name]:
+            continue
+        if name == "dropout_kind" and not mine.get("dropout"):
+            continue  # no dropout: its kind does not matter
+        off = setting.off or setting.label.format("off")
+        diffs.append(off if mine[name] is None else setting.label.format(mine[name]))
     return ", ".join(diffs) or "same"
 
 
-def _mean_std(values: list[float]) -> str:
+def mean_std_text(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.2f}"
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
@@ -87,7 +76,7 @@ def candidate_row(runs: list[dict], reference: dict, macs_cache: dict) -> dict:
                 seconds_per_epoch=statistics.median(r["seconds_per_epoch"] for r in runs),
                 recipe=recipe_differences(config, reference),
                 seeds=sorted(r["config"]["seed"] for r in runs),
-                holding=sum(r["holds_bar"] for r in runs), runs=len(runs), last_min=_mean_std(mins),
+                holding=sum(r["holds_bar"] for r in runs), runs=len(runs), last_min=mean_std_text(mins),
                 worst=min(mins))
 
 

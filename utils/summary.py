@@ -9,8 +9,9 @@ import torch.nn as nn
 from torchsummary import summary as torchsummary_summary
 
 
-def count_params(model: nn.Module, trainable_only: bool = True) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+def count_params(model: nn.Module) -> int:
+    """Trainable parameters (batch-norm running statistics are buffers, not counted)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def summary_table(model: nn.Module, input_size=(1, 28, 28)) -> None:

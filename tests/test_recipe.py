@@ -1,0 +1,226 @@
+"""The recipe: every setting checked once, before any file is written, and recorded in full."""
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+
+from utils import DeviceLoader, Recipe, batch, finish_run, recipe, search, start_run
+from utils.recipe import SETTINGS, Setting, comparable, describe, final_training, integer
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((REPO / "notebooks").glob("0*.ipynb"))
+HISTORY = [dict(epoch=1, train_loss=1.0, train_acc=50.0, test_loss=1.0, test_acc=50.0, lr=0.1, seconds=1.0)]
+
+
+def _namespace(tmp_path, **changes):
+    """What a notebook's globals() hold after its parameters cell: step 5's defaults, files under tmp_path."""
+    values = {name: s.default for name, s in SETTINGS.items()}
+    values.update(data_dir=str(tmp_path / "data"), results_dir=str(tmp_path / "results"),
+                  images_dir=str(tmp_path / "images"), export_path=str(tmp_path / "results" / "m.pt2"),
+                  device="cpu", threads=None, os=object(), root=tmp_path)  # the bootstrap cell's names are not settings
+    return {**values, **changes}
+
+
+def _nothing_written(tmp_path):
+    return not any((tmp_path / d).exists() for d in ("data", "results", "images", "runs"))
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(epochs=0), "epochs must be an integer between 1 and 15"),
+    (dict(epochs=16), "epochs must be an integer between 1 and 15"),
+    (dict(epochs=2.5), "epochs must be an integer"),
+    (dict(batch_size=0), "batch_size must be an integer >= 1"),
+    (dict(lr=0), r"lr must be in \(0, 10\)"),
+    (dict(lr=-0.1), r"lr must be in \(0, 10\)"),
+    (dict(device="tpu9"), "device"),
+    (dict(threads=0), "threads must be None or an integer >= 1"),
+    (dict(train_limit=0), "train_limit must be None or an integer >= 1"),
+    (dict(arch="resnet"), "arch must be one of"),
+    (dict(arch="twopool", dropout=-0.1), r"dropout must be in \[0, 1\)"),
+    (dict(dropout=1.0), r"dropout must be in \[0, 1\)"),
+    (dict(dropout=0.1, dropout_kind="spatial"), "dropout_kind must be one of"),
+    (dict(rotate=-5.0), "rotate"),
+    (dict(rotate="7"), "rotate must be a finite number"),
+    (dict(translate=0.8), "translate"),
+    (dict(scale=-0.1), "scale"),
+    (dict(pct_start=0.0), "pct_start"),
+    (dict(ema_decay=1.0), "ema_decay"),
+    (dict(label_smoothing=1.0), "label_smoothing"),
+    (dict(weight_decay=-1e-4), "weight_decay"),
+    (dict(clean_from=0), "clean_from must be None or an integer between 1 and 15"),
+    (dict(clean_from=16), "clean_from must be None or an integer between 1 and 15"),
+    (dict(clean_from=10.0), "clean_from"),
+    (dict(epochs=10, clean_from=11), "between 1 and 10"),
+    (dict(extra_ema_decays=0.9995), "must be a list"),
+    (dict(extra_ema_decays=[1.0]), "extra_ema_decays entry"),
+    (dict(extra_ema_decays=[0.9, 0.9]), "twice"),
+    (dict(ema_decay=None, extra_ema_decays=[0.9]), "needs ema_decay"),
+])
+def test_a_bad_setting_fails_before_any_file(changes, message, tmp_path, monkeypatch):
+    monkeypatch.delenv("MNIST_SMOKE", raising=False)
+    with pytest.raises(ValueError, match=message):
+        start_run(_namespace(tmp_path, **changes))
+    assert _nothing_written(tmp_path)
+
+
+NUMERIC = [name for name, s in SETTINGS.items() if isinstance(s.default, float) or name == "ema_decay"]
+
+
+def test_every_float_setting_is_covered():
+    assert {"rotate", "translate", "scale", "dropout", "pct_start", "weight_decay", "ema_decay",
+            "label_smoothing", "lr"} <= set(NUMERIC)
+
+
+@pytest.mark.parametrize("name", NUMERIC)
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_numbers_are_refused_by_name(name, value, tmp_path, monkeypatch):
+    monkeypatch.delenv("MNIST_SMOKE", raising=False)
+    with pytest.raises(ValueError, match=rf"^{name} must be a finite number"):
+        start_run(_namespace(tmp_path, **{name: value}))
+    assert _nothing_written(tmp_path)
+    with pytest.raises(ValueError, match=rf"^{name} must be a finite number"):
+        batch.check_run_point({**Recipe.final().config, name: value})
+    with pytest.raises(ValueError, match=name):  # typed on the command line: refused before any run
+        batch.run_batch(REPO / "notebooks" / "05_final.ipynb", [0], [[name, "0.1", str(value)]],
+                        out_dir=tmp_path / "runs")
+    assert _nothing_written(tmp_path)
+
+
+def test_a_non_finite_extra_decay_is_refused():
+    with pytest.raises(ValueError, match="extra_ema_decays entry must be a finite number"):
+        Recipe(extra_ema_decays=[float("nan")])
+
+
+def test_unknown_names_and_good_values():
+    with pytest.raises(ValueError, match="unknown setting"):
+        Recipe(widths=[1, 2])
+    Recipe(arch="twopool", dropout=0.0, dropout_kind="element", rotate=7.0, translate=0.05, scale=0.05,
+           pct_start=0.2, ema_decay=None, label_smoothing=0.1, weight_decay=5e-4)
+    assert Recipe.final().lr == SETTINGS["lr"].default and Recipe.final(lr=0.2).lr == 0.2
+
+
+def test_an_unwritable_data_dir_fails_before_work(tmp_path, monkeypatch):
+    monkeypatch.delenv("MNIST_SMOKE", raising=False)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="data_dir"):
+        start_run(_namespace(tmp_path, data_dir=str(tmp_path / "file" / "data")))
+
+
+def test_a_smoke_run_keeps_clean_from_checked_against_the_epochs_asked(tmp_path, monkeypatch):
+    monkeypatch.setenv("MNIST_SMOKE", "1")
+    rec, _ = start_run(_namespace(tmp_path, clean_from=11))
+    assert rec.epochs == 1 and rec.clean_from == 11
+
+
+def test_a_subset_run_never_writes_into_the_committed_folders(tmp_path, monkeypatch):
+    monkeypatch.delenv("MNIST_SMOKE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    rec, _ = start_run(_namespace(tmp_path, train_limit=2000, results_dir="results", images_dir="images",
+                                  export_path="results/05_final.pt2", data_dir="data"))
+    assert (rec.results_dir, rec.images_dir, rec.export_path) == (
+        "runs/subset/results", "runs/subset/images", "runs/subset/results/05_final.pt2")
+    assert rec.train_limit == 2000
+
+
+def test_threads_are_set_on_the_cpu(tmp_path, monkeypatch):
+    monkeypatch.delenv("MNIST_SMOKE", raising=False)
+    before = torch.get_num_threads()
+    try:
+        start_run(_namespace(tmp_path, threads=1))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_saved_config_records_every_setting_and_no_absolute_path(small_mnist, tmp_path, monkeypatch):
+    monkeypatch.delenv("MNIST_SMOKE", raising=False)
+    monkeypatch.chdir(REPO)  # the notebooks' working directory
+    out = REPO / "runs" / "test_recipe_config"
+    namespace = _namespace(tmp_path, results_dir=str(out), images_dir=str(out / "images"),
+                           export_path=str(out / "m.pt2"), data_dir="data")
+    rec, _ = start_run(namespace)
+    model = recipe._model(rec.arch, rec.dropout, rec.dropout_kind)
+    optimizer, scheduler = final_training(model, rec, steps_per_epoch=10)
+    finish_run("probe", model, HISTORY, DeviceLoader(*small_mnist[2:], shuffle=False), rec, optimizer, scheduler)
+    config = json.loads((out / "probe.json").read_text())["config"]
+    assert set(SETTINGS) <= set(config)
+    assert config["results_dir"] == "runs/test_recipe_config" and config["data_dir"] == "data"
+    assert not any(isinstance(v, str) and v.startswith("/") for v in config.values())
+    assert config["optimizer"] == "SGD(momentum=0.9, nesterov)"
+    assert config["scheduler"] == f"OneCycleLR(max_lr={rec.lr}, pct_start={rec.pct_start})"
+    assert config["model"] == "final_net" and config["layout"] == model.layout
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_parameter_of_a_notebook_is_a_setting(notebook):
+    """So that each is checked and lands in the saved config (``Recipe.config``)."""
+    params = batch.notebook_parameters(notebook)
+    assert set(params) <= set(SETTINGS), sorted(set(params) - set(SETTINGS))
+    Recipe(**params)  # the notebook's own values pass their checks
+
+
+def test_the_final_notebooks_values_are_the_recipes_defaults():
+    params = batch.notebook_parameters(REPO / "notebooks" / "05_final.ipynb")
+    assert params == {name: s.default for name, s in SETTINGS.items()}
+
+
+def test_a_new_setting_reaches_checks_config_batch_and_search(tmp_path, monkeypatch, small_mnist):
+    """A setting added in one place (``SETTINGS``) is checked, saved, checked per grid point, and
+    shown in the search table's recipe column."""
+    monkeypatch.delenv("MNIST_SMOKE", raising=False)
+    monkeypatch.setitem(SETTINGS, "grad_clip", Setting(None, "clip the gradient norm", integer(1, optional=True),
+                                                       label="clip at {}", absent=None))
+    with pytest.raises(ValueError, match="grad_clip must be None or an integer >= 1"):
+        start_run(_namespace(tmp_path, grad_clip=0))
+    rec, _ = start_run(_namespace(tmp_path, grad_clip=2))
+    model = recipe._model(rec.arch, rec.dropout, rec.dropout_kind)
+    optimizer, scheduler = final_training(model, rec, steps_per_epoch=10)
+    finish_run("probe", model, HISTORY, DeviceLoader(*small_mnist[2:], shuffle=False), rec, optimizer, scheduler)
+    assert json.loads((tmp_path / "results" / "probe.json").read_text())["config"]["grad_clip"] == 2
+    with pytest.raises(ValueError, match="grad_clip"):
+        batch.check_run_point({"grad_clip": -1})
+    batch.check_run_point({"grad_clip": 3})
+    final = Recipe.final().config
+    assert search.recipe_differences({**final, "grad_clip": 2}, final) == "clip at 2"
+    assert search.recipe_differences(final, final) == "same"  # a record from before the setting: absent
+
+
+def test_older_records_compare_with_absent_values():
+    old = dict(arch="twopool", lr=0.1, augmentation=dict(rotate=7.0, translate=0.0, scale=0.0))
+    flat = comparable(old)
+    assert flat["rotate"] == 7.0 and flat["weight_decay"] == 0.0 and flat["clean_from"] is None
+    assert "seed" not in flat and "results_dir" not in flat
+
+
+def test_the_benchmark_trains_what_the_final_notebook_trains():
+    """bench builds model, optimizer and schedule through the call 05_final makes (no training)."""
+    from utils import bench
+
+    nb = nbformat.read(REPO / "notebooks" / "05_final.ipynb", as_version=4)
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert "utils.final_training(model, recipe, len(train_loader), epochs)" in code
+    assert "utils.final_net(arch, dropout, dropout_kind)" in code
+    rec = bench.final_recipe()
+    assert rec == Recipe(**batch.notebook_parameters(REPO / "notebooks" / "05_final.ipynb"))
+    model, optimizer, scheduler = bench.final_run_parts(rec, steps_per_epoch=1875, epochs=rec.epochs)
+    torch.manual_seed(0)
+    notebook_model = recipe._model(rec.arch, rec.dropout, rec.dropout_kind)
+    notebook_optimizer, notebook_scheduler = final_training(notebook_model, rec, 1875, rec.epochs)
+    assert type(model) is type(notebook_model) and model.layout == notebook_model.layout
+    assert describe(model, optimizer, scheduler) == describe(notebook_model, notebook_optimizer, notebook_scheduler)
+    assert optimizer.defaults == notebook_optimizer.defaults
+    assert optimizer.defaults["lr"] == rec.lr and optimizer.defaults["weight_decay"] == rec.weight_decay
+    lrs = []
+    for sched, opt in ((scheduler, optimizer), (notebook_scheduler, notebook_optimizer)):
+        seen = []
+        for step in range(1, 15 * 1875):
+            opt.step()  # no gradients: nothing moves, only the schedule advances
+            sched.step()
+            if step in (1, 1000, 5625, 20000, 28124):
+                seen.append(opt.param_groups[0]["lr"])
+        lrs.append(seen)
+    assert lrs[0] == lrs[1] and max(lrs[0]) == pytest.approx(rec.lr, rel=1e-3)

@@ -1,0 +1,261 @@
+"""The recipe: every setting a notebook run takes, defined once.
+
+Each ``Setting`` says what it means, the final recipe's value and why it has it (the way airbench
+keeps its hyperparameters), and how a value is checked. A notebook's parameters cell names the
+settings it uses, with its own values (papermill needs literals there; ``05_final``'s are the
+defaults below, ``tests/test_recipe.py`` holds them equal). ``start_run`` hands them to ``Recipe``
+once, which checks them all before any file is written; the saved config is ``Recipe.config``.
+``utils.batch`` checks every grid point with ``Recipe`` too, the benchmark trains through
+``final_training`` as ``05_final`` does, and the search table's recipe column is built from the
+settings that have a ``label``.
+
+A new setting is one entry in ``SETTINGS``, a line in the notebook that uses it, and its tests.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from collections.abc import Callable
+from typing import Any
+
+MAX_EPOCHS = 15  # the exercise's budget
+
+
+# --- checks: each raises a ValueError that names the setting ----------------------------------------------------
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def integer(low: int, high: int | None = None, optional: bool = False) -> Callable:
+    def check(name, value):
+        if value is None and optional:
+            return
+        if not _is_int(value) or value < low or (high is not None and value > high):
+            allowed = f"an integer >= {low}" if high is None else f"an integer between {low} and {high}"
+            raise ValueError(f"{name} must be {'None or ' if optional else ''}{allowed}, got {value!r}")
+    return check
+
+
+def number(low: float, high: float, low_open: bool = False, high_open: bool = True, optional: bool = False):
+    def check(name, value):
+        if value is None and optional:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number{' or None' if optional else ''}, got {value!r}")
+        if (value <= low if low_open else value < low) or (value >= high if high_open else value > high):
+            interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+            raise ValueError(f"{name} must be in {interval}, got {value!r}")
+    return check
+
+
+def text(name, value):
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+
+
+def one_of(*options) -> Callable:
+    def check(name, value):
+        if value not in options:
+            raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}, got {value!r}")
+    return check
+
+
+def device_name(name, value):
+    from .train import parse_device  # torch's own parser of device names
+
+    text(name, value)
+    parse_device(value)
+
+
+def arch_name(name, value):
+    from .models import ARCHS
+
+    one_of(*ARCHS, "gap7624")(name, value)
+
+
+def decays(name, value):
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{name} must be a list of decays in (0, 1), got {value!r}")
+    for decay in value:
+        number(0, 1, low_open=True)(f"{name} entry", decay)
+    if len(set(value)) < len(value):
+        raise ValueError(f"{name} lists a decay twice: {list(value)!r}")
+
+
+# --- the settings -------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Setting:
+    default: Any                 # the final recipe's value (05_final's parameters cell)
+    why: str                     # what it is, and why the final recipe has this value
+    check: Callable[[str, Any], None]
+    label: str | None = None     # how the search table writes a different value ("rotate ±{}°"); None: not shown
+    off: str | None = None       # how it writes None, where "<label> off" would not say enough
+    absent: Any = None           # the value of a run recorded before this setting existed
+    path: bool = False           # where files go: left out when two runs' recipes are compared
+
+
+SETTINGS: dict[str, Setting] = {
+    # The run
+    "epochs": Setting(15, "the exercise's budget", integer(1, MAX_EPOCHS)),
+    "batch_size": Setting(32, "1,875 optimizer steps an epoch, 4x batch 128's: a net this small turns steps into "
+                          "accuracy (batch 16 hurt)", integer(1), label="batch {}"),
+    "lr": Setting(0.1, "OneCycle's peak; 0.2 and 0.3 screened no better", number(0, 10, low_open=True),
+                  label="peak LR {}"),
+    "seed": Setting(1, "the seed of the committed notebook runs; studies run many", integer(0)),
+    "device": Setting("auto", "CUDA, else Apple MPS, else CPU", device_name),
+    "threads": Setting(1, "CPU threads: the committed histories were made with 1, and a CPU run repeats bit for bit "
+                       "only with the same count (None: all cores, other numbers)", integer(1, optional=True)),
+    "data_dir": Setting("data", "MNIST's files, fetched and MD5-checked on first use", text, path=True),
+    "train_limit": Setting(None, "None: all 60,000 training images; an int trains on that many as a quick try, "
+                           "whose files go under runs/subset/", integer(1, optional=True)),
+    "results_dir": Setting("results", "the results JSON", text, path=True),
+    "images_dir": Setting("images", "the figures", text, path=True),
+    "export_path": Setting("results/05_final.pt2", "the trained model as a torch.export program", text, path=True),
+    # The model
+    "arch": Setting("onepool_narrow", "a layout of utils.models.ARCHS (or step 4's 'gap7624'): the smallest that "
+                    "held every seed run", arch_name),
+    "dropout": Setting(0.0, "after every conv block but the last; none: a net this small underfits without it",
+                       number(0, 1), label="dropout {}"),
+    "dropout_kind": Setting("element", "'element' (nn.Dropout) or 'channel' (nn.Dropout2d)",
+                            one_of("element", "channel"), label="dropout kind {}"),
+    # The data
+    "rotate": Setting(10.0, "random rotation, ± degrees, drawn per image on the device",
+                      number(0, 180, high_open=False), label="rotate ±{}°"),
+    "translate": Setting(0.05, "random shift, ± fraction of the image", number(0, 0.5, high_open=False),
+                         label="shift ±{}"),
+    "scale": Setting(0.05, "random zoom, ± fraction", number(0, 0.5, high_open=False), label="scale ±{}"),
+    "clean_from": Setting(10, "the first epoch on the original digits: the low-LR epochs fit digits like the test "
+                          "set's (None: augment to the end)", integer(1, MAX_EPOCHS, optional=True),
+                          label="clean from epoch {}", off="augmented to the end"),
+    # The training
+    "pct_start": Setting(0.2, "OneCycle's share of steps spent warming up to the peak", number(0, 1, low_open=True),
+                         label="warm-up {}", absent=0.2),
+    "weight_decay": Setting(0.0, "SGD's L2 penalty; none: augmentation regularizes enough", number(0, 1),
+                            label="weight decay {}", absent=0.0),
+    "label_smoothing": Setting(0.0, "share of the target spread over the other classes; screened no better",
+                               number(0, 1), label="label smoothing {}", absent=0.0),
+    "ema_decay": Setting(0.9995, "the tested weights are an average, updated every step with this decay (warmed up "
+                         "as (1+n)/(10+n)); None: test the raw weights", number(0, 1, low_open=True, optional=True),
+                         label="EMA {}"),
+    "extra_ema_decays": Setting([], "more averages tested alongside each epoch, recorded beside the run's own: they "
+                                "change no training", decays, absent=[]),
+}
+
+
+def _model(arch, dropout, dropout_kind):
+    from .models import final_net
+
+    return final_net(arch, dropout, dropout_kind)
+
+
+class Recipe:
+    """The settings of one run, checked: ``Recipe(lr=0.1, rotate=10.0)``; read as ``recipe.lr``.
+
+    Only the settings given are part of it (step 1 has no ``rotate``); ``Recipe.final()`` is the
+    final recipe with every default. ``asked_epochs``: the run's length before a smoke run cut it
+    to 1, which ``clean_from`` is checked against.
+    """
+
+    def __init__(self, asked_epochs: int | None = None, **values):
+        unknown = sorted(set(values) - set(SETTINGS))
+        if unknown:
+            raise ValueError(f"unknown setting(s) {unknown}; known: {', '.join(SETTINGS)}")
+        for name, value in values.items():
+            SETTINGS[name].check(name, value)
+        epochs = asked_epochs if asked_epochs is not None else values.get("epochs")
+        if values.get("clean_from") is not None and epochs is not None and values["clean_from"] > epochs:
+            raise ValueError(f"clean_from must be None or an epoch between 1 and {epochs} (the run's epochs), "
+                             f"got {values['clean_from']!r}")
+        if values.get("extra_ema_decays") and values.get("ema_decay", SETTINGS["ema_decay"].default) is None:
+            raise ValueError("extra_ema_decays needs ema_decay: the run's own average is the one kept")
+        if "arch" in values:  # the model builds with these settings, or says why not
+            _model(values["arch"], values.get("dropout"), values.get("dropout_kind", "element"))
+        self._values = dict(values)
+
+    @classmethod
+    def final(cls, **changes) -> Recipe:
+        return cls(**{**{name: s.default for name, s in SETTINGS.items()}, **changes})
+
+    @classmethod
+    def from_namespace(cls, namespace: dict, asked_epochs: int | None = None) -> Recipe:
+        """A notebook's parameters, read from its namespace (``globals()``): every setting it defines."""
+        return cls(asked_epochs, **{name: namespace[name] for name in SETTINGS if name in namespace})
+
+    def __getattr__(self, name):
+        try:
+            return self.__dict__["_values"][name]
+        except KeyError:
+            raise AttributeError(f"this recipe has no setting {name!r}") from None
+
+    def __contains__(self, name) -> bool:
+        return name in self._values
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Recipe) and self._values == other._values
+
+    def __repr__(self) -> str:
+        return f"Recipe({', '.join(f'{k}={v!r}' for k, v in self._values.items())})"
+
+    def replace(self, **changes) -> Recipe:
+        return Recipe(**{**self._values, **changes})
+
+    @property
+    def config(self) -> dict:
+        """Every setting of the run, as saved in its results JSON."""
+        return dict(self._values)
+
+
+NOT_COMPARED = ("seed", "threads")  # a run's threads: every record's "cpu" block holds the count it used
+
+
+def comparable(config: dict) -> dict:
+    """A saved config as a recipe to compare: the settings with a value (``absent`` where the run
+    was recorded before the setting existed), augmentation ranges of older records at the top
+    level; seed, threads and paths left out."""
+    flat = {**config, **(config.get("augmentation") or {})}
+    return {name: flat.get(name, s.absent) for name, s in SETTINGS.items()
+            if not s.path and name not in NOT_COMPARED}
+
+
+# --- what the final recipe builds: 05_final and the benchmark share it ----------------------------------------
+
+def final_training(model, recipe: Recipe, steps_per_epoch: int, epochs: int | None = None):
+    """Nesterov SGD (momentum 0.9, the recipe's weight decay) and OneCycleLR to the recipe's peak,
+    stepped every batch: ``(optimizer, scheduler)``. ``epochs``: the schedule's length when it is
+    not the recipe's (a smoke run's 1)."""
+    import torch
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9, nesterov=True,
+                                weight_decay=recipe.weight_decay if "weight_decay" in recipe else 0.0)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, epochs=epochs or recipe.epochs,
+                                                    steps_per_epoch=steps_per_epoch, pct_start=recipe.pct_start)
+    return optimizer, scheduler
+
+
+def fit_settings(recipe: Recipe) -> dict:
+    """``utils.fit``'s keyword arguments that come from the recipe (averaging, label smoothing)."""
+    return {name: getattr(recipe, name) for name in ("ema_decay", "extra_ema_decays", "label_smoothing")
+            if name in recipe}
+
+
+def describe(model, optimizer, scheduler=None) -> dict:
+    """What was built, as the saved config names it, read from the objects themselves."""
+    import torch
+
+    group = optimizer.defaults
+    options = [f"momentum={group['momentum']}"] if group.get("momentum") else []
+    options += ["nesterov"] if group.get("nesterov") else []
+    built = {"model": getattr(model, "builder", type(model).__name__)}
+    if hasattr(model, "layout"):
+        built["layout"] = model.layout
+    built["optimizer"] = f"{type(optimizer).__name__}({', '.join(options)})"
+    if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR):
+        warm_up_end = scheduler._schedule_phases[0]["end_step"]  # pct_start * total_steps - 1
+        pct_start = round((warm_up_end + 1) / scheduler.total_steps, 6)
+        built["scheduler"] = f"OneCycleLR(max_lr={optimizer.param_groups[0]['max_lr']}, pct_start={pct_start})"
+    else:
+        built["scheduler"] = None if scheduler is None else type(scheduler).__name__
+    return built
