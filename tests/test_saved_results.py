@@ -20,20 +20,13 @@ def _block(text, marker):
     return text.split(f"<!-- {marker}:start -->\n")[1].split(f"<!-- {marker}:end -->")[0].rstrip("\n")
 
 
-@pytest.mark.parametrize("marker, generate", [
-    ("results-table", lambda: report.results_table(RESULTS)),
-    ("final-model", report.final_model_tables),
-    ("seeds", lambda: report.seeds_table(RESULTS / "seeds.json")),
-    ("heldout", lambda: report.seeds_table(RESULTS / "heldout.json")),
-    ("consistency", lambda: report.consistency_line(RESULTS)),
-    ("attempts", lambda: report.attempts_table(RESULTS)),
-    ("search", lambda: search.search_table(RESULTS)),
-    ("ablation", lambda: search.ablation_table(RESULTS)),
-    ("performance", lambda: report.performance_table(RESULTS / "bench.json")),
-    ("main-job", lambda: report.main_job_line(RESULTS / "main_job.json")),
-])
-def test_readme_blocks_match_saved_results(marker, generate):
-    assert _block((REPO / "README.md").read_text(), marker) == generate()
+BLOCKS = [(page, marker, make) for page, blocks in report.generated_blocks(RESULTS).items()
+          for marker, make in blocks.items()]
+
+
+@pytest.mark.parametrize("page, marker, make", BLOCKS, ids=[f"{p}:{m}" for p, m, _ in BLOCKS])
+def test_generated_blocks_match_saved_results(page, marker, make):
+    assert _block((REPO / page).read_text(), marker) == make()
 
 
 @pytest.mark.parametrize("name", list(report.STEPS))
@@ -95,6 +88,8 @@ def test_the_readme_claims_every_seed_only_with_the_margin():
             for r in load_results(RESULTS / f"{study}.json")["runs"]]
     assert len(mins) >= 15
     claimed = "a new seed is expected to hold" in _block((REPO / "README.md").read_text(), "consistency")
+    assert claimed == ("a new seed is expected to hold" in _block((REPO / "docs" / "seeds.md").read_text(),
+                                                                   "consistency"))
     assert claimed == (search.margin(mins) >= BAR)
     analysis = nbformat.read(REPO / "notebooks" / "05_final.ipynb", as_version=4).cells[0].source
     assert ("holds on every seed" in analysis) == (search.margin(mins) >= BAR)
@@ -109,7 +104,7 @@ def test_held_out_seeds_were_never_used_before():
 
 def test_a_batch_rerun_repeats_the_first_run_of_the_seed_study():
     """results/repro_check_final.json: the first run of seeds.json run again by utils.batch, with its
-    parameters and thread count, on whatever AVX2-capable CPU the session had."""
+    parameters and thread count, on the AVX2-capable CPU that made the rerun."""
     first = load_results(RESULTS / "seeds.json")["runs"][0]
     rerun = load_results(RESULTS / "repro_check_final.json")["runs"][0]
     # today's runner also hands the notebook its thread count as a parameter; the count itself is the same

@@ -161,7 +161,7 @@ def averages(history: list[dict]) -> dict:
 
 def stop_kernels(batch_id: str) -> list[int]:
     """End every process below this one that a run of batch ``batch_id`` started (its kernels:
-    jupyter starts them in a session of their own, so Ctrl-C never reaches them). Returns their pids."""
+    jupyter starts them in a process group of their own, so Ctrl-C never reaches them). Returns their pids."""
     import psutil
 
     stopped = []

@@ -10,6 +10,7 @@ import contextlib
 import io
 import re
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 import nbformat
@@ -232,19 +233,41 @@ def main_job_line(path: Path) -> str:
             f"Goal ≤ 12 minutes: {verdict}." + (f" Note: {m['note']}" if m.get("note") else ""))
 
 
-def update_readme(readme: Path = REPO / "README.md", results_dir: Path = REPO / "results") -> None:
-    text = readme.read_text()
-    text = replace_between(text, "results-table", results_table(results_dir))
-    text = replace_between(text, "final-model", final_model_tables())
-    text = replace_between(text, "seeds", seeds_table(results_dir / "seeds.json"))
-    text = replace_between(text, "heldout", seeds_table(results_dir / "heldout.json"))
-    text = replace_between(text, "consistency", consistency_line(results_dir))
-    text = replace_between(text, "search", search.search_table(results_dir))
-    text = replace_between(text, "ablation", search.ablation_table(results_dir))
-    text = replace_between(text, "attempts", attempts_table(results_dir))
-    text = replace_between(text, "performance", performance_table(results_dir / "bench.json"))
-    text = replace_between(text, "main-job", main_job_line(results_dir / "main_job.json"))
-    readme.write_text(text)
+def generated_blocks(results_dir: Path) -> dict[str, dict[str, Callable[[], str]]]:
+    """Each page's generated blocks: ``{page: {marker: make the block}}``, pages relative to the repository."""
+    return {
+        "README.md": {
+            "results-table": lambda: results_table(results_dir),
+            "final-model": final_model_tables,
+            "consistency": lambda: consistency_line(results_dir),
+            "main-job": lambda: main_job_line(results_dir / "main_job.json"),
+        },
+        "docs/seeds.md": {
+            "seeds": lambda: seeds_table(results_dir / "seeds.json"),
+            "heldout": lambda: seeds_table(results_dir / "heldout.json"),
+            "consistency": lambda: consistency_line(results_dir),
+        },
+        "docs/search.md": {
+            "search": lambda: search.search_table(results_dir),
+            "averages": lambda: search.averages_table(results_dir),
+            "ablation": lambda: search.ablation_table(results_dir),
+            "attempts": lambda: attempts_table(results_dir),
+        },
+        "docs/performance.md": {
+            "performance": lambda: performance_table(results_dir / "bench.json"),
+            "main-job": lambda: main_job_line(results_dir / "main_job.json"),
+        },
+    }
+
+
+def update_pages(repo: Path = REPO, results_dir: Path | None = None) -> None:
+    """Regenerate every block of the README and the doc pages from ``results/*.json``."""
+    for page, blocks in generated_blocks(results_dir or repo / "results").items():
+        path = repo / page
+        text = path.read_text()
+        for marker, make in blocks.items():
+            text = replace_between(text, marker, make())
+        path.write_text(text)
 
 
 def main(repo: Path = REPO) -> None:
@@ -253,9 +276,9 @@ def main(repo: Path = REPO) -> None:
         if path.exists():
             changed = fill_notebook_result(repo / "notebooks" / f"{name}.ipynb", load_results(path))
             print(f"{name}: Result block {'updated' if changed else 'up to date'}")
-    update_readme(repo / "README.md", repo / "results")
+    update_pages(repo)
     plot_frontier(search.frontier_points(repo / "results"), path=repo / "images" / "frontier.png")
-    print("README tables and images/frontier.png regenerated from results/*.json")
+    print("README and docs/ tables and images/frontier.png regenerated from results/*.json")
 
 
 if __name__ == "__main__":

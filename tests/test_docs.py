@@ -1,0 +1,46 @@
+"""The README and the doc pages: short enough to start from, every link resolves, and they describe
+the project, not how it was made."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+# Words about the making of the project (who worked when, with which machine), not about the project.
+MAKING = re.compile(r"\b(this session|sessions?|was lent|lent to|the tool)\b", re.I)
+
+
+def test_the_readme_starts_where_a_newcomer_starts():
+    text = (REPO / "README.md").read_text()
+    assert len(text.splitlines()) <= 300
+    headings = [line for line in text.splitlines() if line.startswith("## ")]
+    assert headings[0] == "## Two commands" and "make run" in text and "make test" in text
+    for page in PAGES[1:]:
+        assert f"(docs/{page.name})" in text, f"{page.name} is not linked from the README"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_relative_link_resolves(page):
+    for target in LINK.findall(page.read_text()):
+        if target.startswith(("http://", "https://", "#", "mailto:")):
+            continue
+        path = (page.parent / target.split("#")[0]).resolve()
+        assert path.exists(), f"{page.name}: {target}"
+
+
+SOURCES = [*PAGES, *sorted((REPO / "utils").glob("*.py")), *sorted((REPO / "tests").glob("*.py")),
+           *sorted((REPO / "notebooks").glob("*.ipynb")), REPO / "Makefile", REPO / "conftest.py"]
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.name)
+def test_the_project_describes_itself_not_how_it_was_made(path):
+    text = path.read_text()
+    if path.name == "test_docs.py":
+        text = text.replace(MAKING.pattern, "")
+    if path.suffix == ".py":  # pytest's fixture scope is the project's own word
+        text = text.replace('scope="session"', "")
+    found = MAKING.findall(text)
+    assert not found, f"{path.name}: {found}"
