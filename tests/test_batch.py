@@ -255,3 +255,28 @@ def test_merge_two_invocations_into_one_study(tiny_notebook, tmp_path):
     assert [p["runs"] for p in merged["merged_from"]] == [["seed1", "seed2"], ["seed0"]]
     with pytest.raises(ValueError, match="share runs"):
         batch.merge_summaries(tiny_notebook, [tmp_path / "a.json", tmp_path / "a.json"], tmp_path / "x.json")
+
+
+@pytest.mark.parametrize("cores, runs, threads, expected", [
+    (1, 5, 1, 1), (2, 5, 1, 2), (8, 5, 1, 5), (8, 10, 1, 8), (8, 10, 2, 4), (8, 1, 1, 1), (2, 3, 4, 1),
+])
+def test_runs_go_side_by_side_up_to_the_cores(cores, runs, threads, expected):
+    from utils.executors import lanes
+
+    assert lanes(runs, threads, cores=cores) == expected
+
+
+def test_a_batch_defaults_to_one_thread_per_run_and_one_run_per_core(tiny_notebook, tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    summary = batch.run_batch(tiny_notebook, [0, 1, 2], [["epochs", "2"]], out_dir=tmp_path)
+    assert summary["jobs"] == 3 and summary["threads_per_run"] == 1
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    summary = batch.run_batch(tiny_notebook, [0, 1], [["epochs", "2"]], out_dir=tmp_path / "one")
+    assert summary["jobs"] == 1 and summary["finished"] == 2
+
+
+def test_a_notebook_with_a_threads_parameter_gets_the_runners_count(tmp_path):
+    runs = batch.plan_runs(batch.REPO / "notebooks" / "01_skeleton.ipynb", [0], [["epochs", "1"]])
+    assert "threads" not in runs[0]["parameters"]  # the runner adds it when it starts them
+    with pytest.raises(ValueError, match="set by the runner"):
+        batch.plan_runs(batch.REPO / "notebooks" / "01_skeleton.ipynb", [0], [["threads", "2"]])

@@ -19,3 +19,9 @@ def test_a_failed_run_leaves_the_saved_notebook_untouched(tiny_notebook, tmp_pat
     assert record["status"] == "failed" and "boom on seed 1" in record["error"]
     assert tiny_notebook.read_text() == before
     assert (tiny_notebook.parent / ".tiny.running.ipynb").is_file()  # the partial run, for a look
+
+
+def test_the_main_job_runs_its_notebooks_side_by_side_up_to_the_cores():
+    five = run_notebooks.NOTEBOOKS
+    assert [run_notebooks.plan(five, cores=c) for c in (1, 2, 8)] == [(1, 1), (2, 1), (5, 1)]
+    assert run_notebooks.plan(five[:1], cores=8) == (1, 1) and run_notebooks.plan(five, jobs=3, cores=8) == (3, 1)

@@ -228,9 +228,11 @@ def main_job_line(path: Path) -> str:
     m = load_results(path)
     per = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in m["notebooks"].items())
     verdict = "met" if m["wall_seconds"] <= 12 * 60 else "**not met**"
-    return (f"Last full `make run`: **{m['wall_seconds'] / 60:.1f} minutes** wall time on {m['machine']}, "
-            f"{m['jobs']} notebooks at a time with {m['threads_per_notebook']} thread(s) each ({per}). "
-            f"Goal ≤ 12 minutes: {verdict}." + (f" Note: {m['note']}" if m.get("note") else ""))
+    final = (f", the final being `{m['final']['arch']}` ({m['final']['params']:,} parameters)"
+             if m.get("final") else "")
+    return (f"Last full `make run`: all five notebooks{final}, **{m['wall_seconds'] / 60:.1f} minutes** wall time "
+            f"on {m['machine']}, {m['jobs']} notebooks at a time with {m['threads_per_notebook']} thread(s) each "
+            f"({per}). Goal ≤ 12 minutes: {verdict}." + (f" Note: {m['note']}" if m.get("note") else ""))
 
 
 def generated_blocks(results_dir: Path) -> dict[str, dict[str, Callable[[], str]]]:

@@ -22,11 +22,11 @@ import torch
 
 from . import batch, report
 from .data import ensure_mnist
-from .executors import LocalPool, lanes
+from .executors import LocalPool, git_commit, lanes
 from .experiment import machine_description
 from .notebook_run import execute_notebook
 from .repro import cpu_info, pin_isa
-from .results import save_json
+from .results import load_results, save_json
 from .paths import REPO, relative
 
 NOTEBOOKS = [REPO / "notebooks" / f"{name}.ipynb" for name in report.STEPS]
@@ -62,6 +62,13 @@ def execute_in_place(notebook: str, threads: int, run_dir: str, batch_id: str = 
             "seconds": round(time.perf_counter() - start, 1)}
 
 
+def plan(paths: list[Path], jobs: int | None = None, cores: int | None = None) -> tuple[int, int]:
+    """``(notebooks side by side, threads each)``: one thread each, the count the committed histories
+    were made with (a CPU run repeats bit for bit only with it), as many at once as the cores hold."""
+    threads = 1
+    return jobs or lanes(len(paths), threads, cores), threads
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Run the notebooks at full length, in place.")
     parser.add_argument("notebooks", nargs="*", help="names such as 05_final (default: all five)")
@@ -73,8 +80,7 @@ def main(argv=None) -> int:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
     pin_isa()  # before this process's first torch operation; the kernels inherit it
     ensure_mnist(REPO / "data")
-    threads = 1  # the committed histories' count: a CPU run repeats bit for bit only with it
-    jobs = args.jobs or lanes(len(paths), threads)
+    jobs, threads = plan(paths, args.jobs)
     print(f"running {len(paths)} notebooks, {jobs} at a time with {threads} thread(s) each; "
           f"logs under {LOGS.relative_to(REPO)}/", flush=True)
     # Longest first, so the last notebook to start is a short one.
@@ -91,9 +97,11 @@ def main(argv=None) -> int:
         print(f"{r['run']} failed: {r['error']}; the saved notebook is untouched, the partial run is "
               f"{r['notebook']}", file=sys.stderr)
     if len(paths) == len(NOTEBOOKS) and not failed:  # the whole main job: keep its timing for the README
+        final = load_results(REPO / "results" / "05_final.json")
         save_json(REPO / "results" / "main_job.json",
                   dict(wall_seconds=round(wall, 1), jobs=jobs, threads_per_notebook=threads,
                        machine=machine_description(torch.device("cpu")), cpu=cpu_info(),
+                       final=dict(arch=final["config"]["arch"], params=final["params"]), commit=git_commit(),
                        notebooks={r["run"]: r["seconds"] for r in records}))
     report.main(REPO)
     print(f"main job: {len(records) - len(failed)} of {len(paths)} notebooks ran in {wall:.0f} s wall time",
