@@ -179,3 +179,17 @@ def test_a_pinned_rerun_reproduces_the_committed_history():
     assert rerun["config"]["seed"] == committed["config"]["seed"]
     for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
         assert rerun["history"][0][key] == committed["history"][0][key], key
+
+
+@pytest.mark.parametrize("record", ["repro_check_01_skeleton_plain_papermill.json",
+                                    "repro_check_01_skeleton_batch_defaults.json"])
+def test_the_notebook_repeats_its_saved_first_epoch_however_it_is_run(record):
+    """Plain papermill with no thread or instruction-set variable set, and utils.batch with its
+    default options: one thread (the notebook's ``threads``), AVX2 ceiling (set by ``import utils``),
+    and step 1's committed first epoch to the last digit."""
+    rerun = load_results(RESULTS / record)
+    committed = load_results(RESULTS / "01_skeleton.json")
+    assert rerun["cpu"]["threads"] == 1 and rerun["config"]["threads"] == 1
+    assert rerun["cpu"]["onednn_max_cpu_isa"] == "AVX2" and rerun["config"]["seed"] == committed["config"]["seed"]
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+        assert rerun["history"][0][key] == committed["history"][0][key], key
