@@ -137,3 +137,32 @@ def test_a_margin_is_shown_rounded_down():
     assert search.format_margin(99.4005) == "99.40"
     assert search.format_margin(99.27) == "99.27"
     assert search.format_margin(99.29) == "99.29"  # 99.29 * 100 is 9928.999... in floating point
+
+
+def _averaged_run(seed, own, other):
+    run = _run(f"seed{seed}", seed, min(own[-5:]), min(own[-5:]) >= 99.40, ema_decay=0.9998)
+    run.update(test_acc=own, test_loss=[0.02] * len(own),
+               averages={"0.9995": dict(test_acc=other, test_loss=[0.03] * len(other))})
+    return run
+
+
+def test_one_run_read_through_each_of_its_averages():
+    runs = [_averaged_run(0, [99.5] * 6, [99.3] + [99.45] * 5), _averaged_run(1, [99.46] * 6, [99.38] * 6)]
+    rows = search.average_rows(runs)
+    assert [r["average"] for r in rows] == ["EMA 0.9998 (the run's own)", "EMA 0.9995"]
+    assert rows[0]["mins"] == [99.5, 99.46] and rows[1]["mins"] == [99.45, 99.38]
+    assert rows[0]["holding"] == 2 and rows[1]["holding"] == 1
+    assert rows[0]["test_loss"] == pytest.approx(0.02) and rows[1]["test_loss"] == pytest.approx(0.03)
+    through = search.as_tested_through(runs, "0.9995")
+    assert [r["last_min_test_acc"] for r in through] == [99.45, 99.38]
+    assert [r["holds_bar"] for r in through] == [True, False] and through[0]["config"]["ema_decay"] == 0.9995
+    assert runs[0]["last_min_test_acc"] == 99.5  # the runs themselves are untouched
+
+
+def test_averages_table_lists_every_average_of_such_studies(tmp_path):
+    runs = [_averaged_run(s, [99.5] * 15, [99.45] * 15) for s in range(2)]
+    save_json(tmp_path / "search_20_x.json", dict(runs=runs))
+    save_json(tmp_path / "search_21_y.json", dict(runs=[_run("seed0", 0, 99.4, True)]))  # no averages: no row
+    table = search.averages_table(tmp_path).splitlines()
+    assert len(table) == 4 and "EMA 0.9998 (the run's own)" in table[2] and "| EMA 0.9995 |" in table[3]
+    assert "0.02000" in table[2] and "99.45, 99.45" in table[3]

@@ -147,7 +147,8 @@ def frontier_points(results_dir: Path) -> list[dict]:
 
 def ablation_table(results_dir: Path) -> str:
     """One row per ablation study (``results/ablation_*.json``) next to the final recipe's own runs
-    on the same seeds (taken from ``results/seeds.json``)."""
+    on the same seeds (taken from ``results/seeds.json``), and one row per extra average those runs
+    tested (``extra_ema_decays``): the same runs judged through that average, so no run of its own."""
     final, seeds = results_dir / "05_final.json", results_dir / "seeds.json"
     paths = sorted(results_dir.glob("ablation_*.json"))
     if not (paths and final.exists() and seeds.exists()):
@@ -162,14 +163,29 @@ def ablation_table(results_dir: Path) -> str:
     rows = ["| what changes | study | seeds | hold | last-5 min (mean ± std) | worst | final test (mean) |",
             "|---|---|---|:-:|--:|--:|--:|"]
     cache: dict = {}
-    for name, summary in [("seeds.json", base), *studies]:
+    through = [("seeds.json", dict(runs=as_tested_through(base["runs"], decay))) for decay in
+               (base["runs"][0].get("averages") or {})]
+    for name, summary in [("seeds.json", base), *through, *studies]:
         for runs in candidates(summary).values():
             r = candidate_row(runs, reference, cache)
             final_mean = statistics.mean(x["final_test_acc"] for x in runs)
-            label = r["recipe"] if name != "seeds.json" else "nothing: the final recipe"
+            label = r["recipe"] if name != "seeds.json" or summary is not base else "nothing: the final recipe"
+            if summary is not base and name == "seeds.json":
+                label += " (the same runs, through this average)"
             rows.append(f"| {label} | `{name}` | {_seeds(r['seeds'])} | {r['holding']}/{r['runs']} "
                         f"| {r['last_min']} | {r['worst']:.2f} | {final_mean:.2f} |")
     return "\n".join(rows)
+
+
+def as_tested_through(runs: list[dict], decay: str, last_n: int = 5) -> list[dict]:
+    """``runs`` as they read through their extra average ``decay``: its accuracies in place of the
+    run's own, and ``ema_decay`` set to it (training is shared, so this is that recipe's run)."""
+    seen = []
+    for run in runs:
+        accs = run["averages"][decay]["test_acc"]
+        seen.append({**run, "test_acc": accs, "final_test_acc": accs[-1], "last_min_test_acc": min(accs[-last_n:]),
+                     "holds_bar": min(accs[-last_n:]) >= 99.40, "config": {**run["config"], "ema_decay": float(decay)}})
+    return seen
 
 
 def average_rows(runs: list[dict], last_n: int = 5) -> list[dict]:
