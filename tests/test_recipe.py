@@ -224,3 +224,13 @@ def test_the_benchmark_trains_what_the_final_notebook_trains():
                 seen.append(opt.param_groups[0]["lr"])
         lrs.append(seen)
     assert lrs[0] == lrs[1] and max(lrs[0]) == pytest.approx(rec.lr, rel=1e-3)
+
+
+def test_start_run_leaves_the_random_stream_where_the_seed_puts_it(tmp_path, monkeypatch):
+    """Checking builds the model (to check arch and dropout); that must happen before the seed, or
+    every draw after it — the model's initial weights, the augmentation — would move."""
+    monkeypatch.delenv("MNIST_SMOKE", raising=False)
+    start_run(_namespace(tmp_path, seed=3))
+    after_start = torch.rand(4)
+    torch.manual_seed(3)
+    assert torch.equal(after_start, torch.rand(4))

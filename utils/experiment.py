@@ -48,9 +48,9 @@ def start_run(namespace: dict) -> tuple[Recipe, torch.device]:
     check_data_dir(values.get("data_dir", "data"))
     if device.type == "cpu" and values.get("threads") is not None:
         torch.set_num_threads(values["threads"])
-    seed_everything(values["seed"])
     values["device"] = str(device)
-    recipe = Recipe(asked_epochs=asked.epochs, **values)
+    recipe = Recipe(asked_epochs=asked.epochs, **values)  # checking builds the model once: before the seed
+    seed_everything(values["seed"])
     print(f"device: {device}  torch {torch.__version__}  threads {torch.get_num_threads()}")
     return recipe, device
 
