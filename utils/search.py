@@ -221,7 +221,8 @@ def averages_table(results_dir: Path) -> str:
             for row in average_rows(runs):
                 loss = "" if row["test_loss"] is None else f"{row['test_loss']:.5f}"
                 m = "" if row["margin"] is None else format_margin(row["margin"])
-                rows.append(f"| `{path.name}` | {runs[0]['config'].get('arch', '?')} {name} | {row['average']} "
+                candidate = f"{runs[0]['config'].get('arch', '?')} {name}".strip()
+                rows.append(f"| `{path.name}` | {candidate} | {row['average']} "
                             f"| {seeds} | {row['holding']}/{len(runs)} | {', '.join(f'{x:.2f}' for x in row['mins'])} "
                             f"| {row['mean']:.3f} ± {row['std']:.3f} | {m} | {loss} |")
     return "\n".join(rows) if len(rows) > 2 else "_No study tested several averages yet._"
