@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .models import final_net
 from .recipe import SETTINGS, comparable
-from .results import load_results
+from .results import BAR, load_results
 
 # The recipe every search study started from (the final notebook's parameters when the search
 # began); a search row lists only how it differs from this.
@@ -184,7 +184,7 @@ def as_tested_through(runs: list[dict], decay: str, last_n: int = 5) -> list[dic
     for run in runs:
         accs = run["averages"][decay]["test_acc"]
         seen.append({**run, "test_acc": accs, "final_test_acc": accs[-1], "last_min_test_acc": min(accs[-last_n:]),
-                     "holds_bar": min(accs[-last_n:]) >= 99.40, "config": {**run["config"], "ema_decay": float(decay)}})
+                     "holds_bar": min(accs[-last_n:]) >= BAR, "config": {**run["config"], "ema_decay": float(decay)}})
     return seen
 
 
@@ -204,7 +204,7 @@ def average_rows(runs: list[dict], last_n: int = 5) -> list[dict]:
         losses = [statistics.mean(loss[-last_n:]) for _, loss in curves if loss]
         rows.append(dict(average=label, mins=mins, mean=statistics.mean(mins),
                          std=statistics.stdev(mins) if len(mins) > 1 else 0.0, margin=margin(mins),
-                         worst=min(mins), holding=sum(m >= 99.40 for m in mins),
+                         worst=min(mins), holding=sum(m >= BAR for m in mins),
                          test_loss=statistics.mean(losses) if len(losses) == len(curves) else None))
     return rows
 
