@@ -107,6 +107,25 @@ def test_ablation_table_compares_on_the_same_seeds(tmp_path):
     assert lines[3].startswith("| EMA off | `ablation_ema.json` | 0–2 | 0/3 | 99.30 ± 0.00 |")
 
 
+def test_an_ablation_of_an_earlier_final_stays_paired_with_that_finals_runs(tmp_path):
+    save_json(tmp_path / "05_final.json", dict(config={**FINAL, "arch": "separable_wide"}))
+    save_json(tmp_path / "seeds.json", dict(runs=[_run(f"seed{s}", s, 99.55, True, arch="separable_wide")
+                                                  for s in range(10)]))
+    save_json(tmp_path / "seeds_4808_heldout.json", dict(runs=[_run(f"seed{s}", s, 99.50, True) for s in (400, 401)]))
+    save_json(tmp_path / "seeds_4808_seeds.json", dict(runs=[_run(f"seed{s}", s, 99.45, True) for s in range(5)]))
+    save_json(tmp_path / "seeds_4808_other_recipe.json",
+              dict(runs=[_run(f"seed{s}", s, 99.10, True, lr=0.2) for s in range(5)]))
+    save_json(tmp_path / "ablation_ema.json",
+              dict(runs=[_run(f"seed{s}", s, 99.30, False, ema_decay=None) for s in range(3)]))
+    lines = search.ablation_table(tmp_path).splitlines()
+    # the twopool runs of the final recipe on the ablation's seeds, not today's final and not another recipe
+    assert lines[2].startswith("| nothing: the final recipe on the previous final, `twopool` (4,808 parameters) "
+                               "| `seeds_4808_seeds.json` | 0–2 | 3/3 | 99.45 ± 0.00 |")
+    assert lines[3].startswith("| EMA off | `ablation_ema.json` | 0–2 |")
+    (tmp_path / "seeds_4808_seeds.json").unlink()
+    assert search.ablation_table(tmp_path).startswith("_No seed study of the ablated recipe")
+
+
 @pytest.mark.parametrize("name", ["search_table", "ablation_table"])
 def test_tables_say_when_nothing_is_saved(tmp_path, name):
     assert getattr(search, name)(tmp_path).startswith("_No")

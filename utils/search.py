@@ -145,32 +145,58 @@ def frontier_points(results_dir: Path) -> list[dict]:
     return points
 
 
+def ablated_final(results_dir: Path, arch: str, seeds: set[int]) -> tuple[str, dict] | None:
+    """The seed study of the final recipe on ``arch`` that ran ``seeds``: ``results/seeds.json`` when
+    the final is that net, else the kept study (``seeds_*.json``) whose runs have the final recipe
+    with that arch. An ablation made on an earlier final stays paired with that final's own runs."""
+    final = load_results(results_dir / "05_final.json")["config"]
+    wanted = comparable({**final, "arch": arch})
+    for path in [results_dir / "seeds.json", *sorted(results_dir.glob("seeds_*.json"))]:
+        if not path.exists():
+            continue
+        study = load_results(path)
+        runs = [r for r in study["runs"] if r.get("status") == "ok"]
+        if (runs and all("config" in r and comparable(r["config"]) == wanted for r in runs)
+                and seeds <= {r["config"]["seed"] for r in runs}):
+            return path.name, study
+    return None
+
+
 def ablation_table(results_dir: Path) -> str:
-    """One row per ablation study (``results/ablation_*.json``) next to the final recipe's own runs
-    on the same seeds (taken from ``results/seeds.json``), and one row per extra average those runs
-    tested (``extra_ema_decays``): the same runs judged through that average, so no run of its own."""
+    """One row per ablation study (``results/ablation_*.json``) next to the runs of the recipe it
+    ablated on the same seeds (the seed study of that net, ``ablated_final``), and one row per extra
+    average those runs tested (``extra_ema_decays``): the same runs judged through that average, so
+    no run of its own. When the ablated net is not today's final, the first row names it."""
     final, seeds = results_dir / "05_final.json", results_dir / "seeds.json"
     paths = sorted(results_dir.glob("ablation_*.json"))
     if not (paths and final.exists() and seeds.exists()):
         return "_No ablation saved yet._"
-    base = load_results(seeds)
-    if any("config" not in r for r in base["runs"]):
+    if any("config" not in r for r in load_results(seeds)["runs"]):
         return "_The saved seed study predates per-run configs: run `make seeds`, then the ablation table follows._"
-    reference = load_results(final)["config"]
     studies = [(p.name, load_results(p)) for p in paths]
+    archs = {r["config"].get("arch") for _, s in studies for r in s["runs"] if r["status"] == "ok"}
     used = {r["config"]["seed"] for _, s in studies for r in s["runs"] if r["status"] == "ok"}
+    found = ablated_final(results_dir, archs.pop(), used) if len(archs) == 1 else None
+    if found is None:
+        return "_No seed study of the ablated recipe is saved: run `make seeds` and `make ablation` on one final._"
+    base_name, base = found
+    reference = base["runs"][0]["config"]
     base["runs"] = [r for r in base["runs"] if r["status"] == "ok" and r["config"]["seed"] in used]
     rows = ["| what changes | study | seeds | hold | last-5 min (mean ± std) | worst | final test (mean) |",
             "|---|---|---|:-:|--:|--:|--:|"]
     cache: dict = {}
-    through = [("seeds.json", dict(runs=as_tested_through(base["runs"], decay))) for decay in
+    through = [(base_name, dict(runs=as_tested_through(base["runs"], decay))) for decay in
                (base["runs"][0].get("averages") or {})]
-    for name, summary in [("seeds.json", base), *through, *studies]:
+    ablated = reference.get("arch")
+    nothing = "nothing: the final recipe"
+    if ablated != load_results(final)["config"].get("arch"):
+        nothing += f" on the previous final, `{ablated}` ({base['runs'][0]['params']:,} parameters)"
+    for name, summary in [(base_name, base), *through, *studies]:
         for runs in candidates(summary).values():
             r = candidate_row(runs, reference, cache)
             final_mean = statistics.mean(x["final_test_acc"] for x in runs)
-            label = r["recipe"] if name != "seeds.json" or summary is not base else "nothing: the final recipe"
-            if summary is not base and name == "seeds.json":
+            label = nothing if summary is base else r["recipe"]
+            if summary is not base and name == base_name:
                 label += " (the same runs, through this average)"
             rows.append(f"| {label} | `{name}` | {_seeds(r['seeds'])} | {r['holding']}/{r['runs']} "
                         f"| {r['last_min']} | {r['worst']:.2f} | {final_mean:.2f} |")
