@@ -103,10 +103,10 @@ def test_held_out_seeds_were_never_used_before():
 
 
 def test_a_batch_rerun_repeats_the_first_run_of_the_seed_study():
-    """The first run of the 5,892-parameter final's seed study, run again by a later commit's
-    utils.batch with its parameters and thread count, on the AVX2-capable CPU that made the rerun."""
-    first = load_results(RESULTS / "seeds_5892_ramp_seeds_0_9.json")["runs"][0]
-    rerun = load_results(RESULTS / "repro_check_5892_ramp_seeds_first_run.json")["runs"][0]
+    """results/repro_check_final.json: the first run of seeds.json run again by utils.batch, with its
+    parameters and thread count, on the AVX2-capable CPU that made the rerun."""
+    first = load_results(RESULTS / "seeds.json")["runs"][0]
+    rerun = load_results(RESULTS / "repro_check_final.json")["runs"][0]
     # today's runner also hands the notebook its thread count as a parameter; the count itself is the same
     same = lambda params: {k: v for k, v in params.items() if k != "threads"}  # noqa: E731
     assert same(rerun["parameters"]) == same(first["parameters"]) and rerun["cpu"]["threads"] == first["cpu"]["threads"]

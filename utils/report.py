@@ -30,7 +30,7 @@ STEPS = {
     "03_regularized": ("Regularized", "< 8k, regularize", "BN, dropout 0.05, ±7° rotation, GAP head"),
     "04_lr_scheduled": ("LR-scheduled", "≥ 99.40 % last 5, < 8k", "OneCycleLR (peak 0.1), Nesterov"),
     "05_final": ("Final", "≥ 99.40 % last 5, ≤ 6k (aim 5k)",
-                 "4,880 params (depthwise-separable), batch 32, EMA to the end, clean tail from epoch 10"),
+                 "5,892 params, batch 32, EMA to the end, clean tail from epoch 10"),
 }
 
 
@@ -158,19 +158,23 @@ def consistency_line(results_dir: Path) -> str:
 
 def attempts_table(results_dir: Path) -> str:
     """Other seed studies kept as evidence (``results/seeds_*.json``), e.g. narrower nets that failed."""
-    rows = ["| study | params | finished runs | holding the bar | min of last 5, per run |", "|---|--:|--:|--:|---|"]
+    rows = ["| study | params | finished runs | holding the bar | min of last 5, per run | mean ± std | margin |",
+            "|---|--:|--:|--:|---|--:|--:|"]
     for path in sorted(results_dir.glob("seeds_*.json")):
         s = load_results(path)
         ok = [r for r in s["runs"] if r["status"] == "ok"]
         params = sorted({r["params"] for r in ok})
-        mins = ", ".join(f"{r['run']}: {r['last_min_test_acc']:.2f}" for r in ok)
+        mins = [r["last_min_test_acc"] for r in ok]
+        spread = f"{statistics.mean(mins):.3f} ± {statistics.stdev(mins):.3f}" if len(mins) > 1 else ""
+        m = search.margin(mins)
+        per_run = ", ".join(f"{r['run']}: {x:.2f}" for r, x in zip(ok, mins))
         rows.append(f"| `{path.name}` | {', '.join(f'{p:,}' for p in params)} | {len(ok)} "
-                    f"| {s['holding_bar']} | {mins} |")
+                    f"| {s['holding_bar']} | {per_run} | {spread} | {'' if m is None else search.format_margin(m)} |")
     for path in sorted(results_dir.glob("final_*.json")):  # single notebook runs kept as evidence
         r = load_results(path)
         seed = r["config"].get("seed")
         rows.append(f"| `{path.name}` | {r['params']:,} | 1 | {int(r['summary']['holds_bar'])} "
-                    f"| seed{seed}: {r['summary']['last_min_test_acc']:.2f} |")
+                    f"| seed{seed}: {r['summary']['last_min_test_acc']:.2f} | | |")
     return "\n".join(rows) if len(rows) > 2 else "_none_"
 
 
