@@ -145,11 +145,11 @@ def frontier_points(results_dir: Path) -> list[dict]:
     return points
 
 
-def ablated_final(results_dir: Path, arch: str, seeds: set[int]) -> tuple[str, dict] | None:
+def ablated_final(results_dir: Path, final: dict, arch: str, seeds: set[int]) -> tuple[str, dict] | None:
     """The seed study of the final recipe on ``arch`` that ran ``seeds``: ``results/seeds.json`` when
     the final is that net, else the kept study (``seeds_*.json``) whose runs have the final recipe
-    with that arch. An ablation made on an earlier final stays paired with that final's own runs."""
-    final = load_results(results_dir / "05_final.json")["config"]
+    with that arch (``final``: today's final config). An ablation made on an earlier final stays
+    paired with that final's own runs."""
     wanted = comparable({**final, "arch": arch})
     for path in [results_dir / "seeds.json", *sorted(results_dir.glob("seeds_*.json"))]:
         if not path.exists():
@@ -173,10 +173,11 @@ def ablation_table(results_dir: Path) -> str:
         return "_No ablation saved yet._"
     if any("config" not in r for r in load_results(seeds)["runs"]):
         return "_The saved seed study predates per-run configs: run `make seeds`, then the ablation table follows._"
+    final_config = load_results(final)["config"]
     studies = [(p.name, load_results(p)) for p in paths]
     archs = {r["config"].get("arch") for _, s in studies for r in s["runs"] if r["status"] == "ok"}
     used = {r["config"]["seed"] for _, s in studies for r in s["runs"] if r["status"] == "ok"}
-    found = ablated_final(results_dir, archs.pop(), used) if len(archs) == 1 else None
+    found = ablated_final(results_dir, final_config, archs.pop(), used) if len(archs) == 1 else None
     if found is None:
         return "_No seed study of the ablated recipe is saved: run `make seeds` and `make ablation` on one final._"
     base_name, base = found
@@ -189,7 +190,7 @@ def ablation_table(results_dir: Path) -> str:
                (base["runs"][0].get("averages") or {})]
     ablated = reference.get("arch")
     nothing = "nothing: the final recipe"
-    if ablated != load_results(final)["config"].get("arch"):
+    if ablated != final_config.get("arch"):
         nothing += f" on the previous final, `{ablated}` ({base['runs'][0]['params']:,} parameters)"
     for name, summary in [(base_name, base), *through, *studies]:
         for runs in candidates(summary).values():
