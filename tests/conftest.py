@@ -54,9 +54,9 @@ history = [dict(epoch=e, train_acc=99.0, test_acc=99.3 + seed / 10 + e / 100, se
 from utils.train import report_progress
 for row in history:  # what utils.fit prints and reports, which the runner follows
     time.sleep(epoch_seconds)
+    report_progress(row["epoch"], row["test_acc"])
     print(f"epoch {row['epoch']:2d}  lr 0.1000  train loss 0.1 acc 99.00%  test loss 0.1 acc {row['test_acc']:.2f}%",
           flush=True)
-    report_progress(row["epoch"], row["test_acc"])
 from utils.results import save_results
 save_results(pathlib.Path(results_dir) / "tiny.json", "tiny", dict(lr=lr), 123, history)'''
 

@@ -48,7 +48,8 @@ def test_output_shows_runs_and_not_the_kernels_tcp_warnings(tiny_notebook, tmp_p
     run_dir = tmp_path / "tiny" / "seed0"
     assert "epoch  3" in (run_dir / "output.log").read_text()
     assert (run_dir / "kernel.log").is_file()
-    assert read_progress(run_dir) == {"epoch": 3, "test_acc": 99.33}
+    assert read_progress(run_dir) == [{"epoch": 1, "test_acc": 99.31}, {"epoch": 2, "test_acc": 99.32},
+                                      {"epoch": 3, "test_acc": 99.33}]
 
 
 def test_kernel_output_is_logged_and_each_new_epoch_reported_once(tmp_path, monkeypatch):
@@ -58,15 +59,71 @@ def test_kernel_output_is_logged_and_each_new_epoch_reported_once(tmp_path, monk
     seen = []
     output = KernelOutput(tmp_path, report=lambda epoch, acc: seen.append((epoch, acc)))
     output.write("device: cpu\n")
-    assert read_progress(tmp_path) is None and seen == []
+    assert read_progress(tmp_path) == [] and seen == []
     report_progress(1, 97.5)
     output.write("epoch  1 ...\n")
     output.write("more text\n")  # the same epoch: not reported again
     report_progress(2, 98.254)
     output.write("epoch  2 ...\n")
     output.close()
-    assert seen == [(1, 97.5), (2, 98.25)] and read_progress(tmp_path) == {"epoch": 2, "test_acc": 98.25}
+    assert seen == [(1, 97.5), (2, 98.25)]
+    assert read_progress(tmp_path) == [{"epoch": 1, "test_acc": 97.5}, {"epoch": 2, "test_acc": 98.25}]
     assert "device: cpu" in (tmp_path / "output.log").read_text()
+
+
+def test_epochs_finished_between_two_pieces_of_output_are_all_reported_in_order(tmp_path, monkeypatch):
+    from utils.train import PROGRESS_ENV, report_progress
+
+    monkeypatch.setenv(PROGRESS_ENV, str(tmp_path / PROGRESS_FILE))
+    seen = []
+    output = KernelOutput(tmp_path, report=lambda epoch, acc: seen.append(epoch))
+    report_progress(1, 97.5)
+    report_progress(2, 98.0)  # two epochs before the kernel's output reaches the runner
+    output.write("epoch  1 ...\nepoch  2 ...\n")
+    report_progress(3, 98.5)  # the last epoch, after the last line: reported when the output closes
+    assert seen == [1, 2]
+    output.close()
+    assert seen == [1, 2, 3]
+
+
+class ThreeEpochsAtOnce:
+    """An executor whose one run has finished three epochs by the display's first look, then ends."""
+
+    def __init__(self):
+        self.looks = 0
+
+    def submit(self, task):
+        from concurrent.futures import Future
+
+        self.future = Future()
+        return self.future
+
+    def progress(self, task):
+        self.looks += 1
+        if self.looks > 1:
+            self.future.set_result({"status": "ok", "seconds": 1.0})
+        return [dict(epoch=e, test_acc=99.0 + e / 100) for e in (1, 2, 3)]
+
+    def collect(self, task, future):
+        return future.result()
+
+
+def test_the_runner_shows_every_epoch_that_came_between_two_looks(tmp_path, capsys):
+    task = dict(name="seed0", run_dir=tmp_path, epochs=3, kwargs={})
+    records = batch.run_pool([task], ThreeEpochsAtOnce(), "test")
+    assert records[0]["status"] == "ok"
+    lines = [line for line in capsys.readouterr().out.splitlines() if ": epoch" in line]
+    assert lines == ["seed0: epoch 1/3, test 99.01 %", "seed0: epoch 2/3, test 99.02 %",
+                     "seed0: epoch 3/3, test 99.03 %"]
+
+
+def test_a_run_that_starts_again_overwrites_its_later_epochs(tmp_path, monkeypatch):
+    from utils.train import PROGRESS_ENV, report_progress
+
+    monkeypatch.setenv(PROGRESS_ENV, str(tmp_path / PROGRESS_FILE))
+    for epoch in (1, 2, 3, 1, 2):
+        report_progress(epoch, 90.0 + epoch)
+    assert [row["epoch"] for row in read_progress(tmp_path)] == [1, 2]
 
 
 def test_a_failing_run_is_reported_and_the_other_finishes(tiny_notebook, tmp_path):

@@ -177,13 +177,15 @@ def run_pool(tasks: list[dict], executor, desc: str, finished: list | None = Non
                     tqdm.write(f"{task['name']} done in {record['seconds']:.0f} s")
             live = []
             for task in tasks:
-                progress = None if task["name"] in records else executor.progress(task)
-                if progress:
-                    if progress["epoch"] != shown.get(task["name"]):
-                        shown[task["name"]] = progress["epoch"]
-                        tqdm.write(f"{task['name']}: epoch {progress['epoch']}/{task['epochs']}, "
-                                   f"test {progress['test_acc']:.2f} %")
-                    live.append(f"{task['name']} {progress['epoch']}/{task['epochs']} {progress['test_acc']:.2f}%")
+                epochs = [] if task["name"] in records else executor.progress(task)
+                for row in epochs:  # every epoch since the last look, however many came meanwhile
+                    if row["epoch"] > shown.get(task["name"], 0):
+                        shown[task["name"]] = row["epoch"]
+                        tqdm.write(f"{task['name']}: epoch {row['epoch']}/{task['epochs']}, "
+                                   f"test {row['test_acc']:.2f} %")
+                if epochs:
+                    latest = epochs[-1]
+                    live.append(f"{task['name']} {latest['epoch']}/{task['epochs']} {latest['test_acc']:.2f}%")
             failed = sum(r["status"] != "ok" for r in records.values())
             bar.n = sum(t["epochs"] if t["name"] in records else shown.get(t["name"], 0) for t in tasks)
             bar.set_postfix_str(f"{len(records) - failed} done, {failed} failed"

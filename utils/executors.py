@@ -1,8 +1,8 @@
 """Where the runs of a batch execute: worker processes on this machine, or a Dask cluster.
 
 Both give the batch runner the same four things: ``submit(task)`` returns a
-``concurrent.futures.Future`` of the run's record, ``progress(task)`` the run's latest
-``{epoch, test_acc}`` (or None), ``collect(task, future)`` the finished record with the run's
+``concurrent.futures.Future`` of the run's record, ``progress(task)`` every epoch the run has
+finished so far (``[{epoch, test_acc}, ...]``), ``collect(task, future)`` the finished record with the run's
 files under ``task["run_dir"]``, and ``stop()`` ends every run still going (kernels included).
 Planning, progress display and summaries (``utils.batch``) do not know which one they talk to.
 """
@@ -47,7 +47,7 @@ class LocalPool:
         (Path(task["run_dir"]) / PROGRESS_FILE).unlink(missing_ok=True)  # a rerun's folder: no stale epoch
         return self.pool.submit(task.get("fn", execute), **task["kwargs"], batch_id=self.batch_id)
 
-    def progress(self, task: dict) -> dict | None:
+    def progress(self, task: dict) -> list[dict]:
         return read_progress(task["run_dir"])
 
     def collect(self, task: dict, future) -> dict:
@@ -118,7 +118,7 @@ class DaskPool:
         except ValueError:
             self.client.close()
             raise
-        self.latest: dict[str, dict] = {}
+        self.epochs: dict[str, list[dict]] = {}
         self.client.subscribe_topic(PROGRESS_TOPIC, self._on_progress)
         # A run is sent to workers as a plain task; the scheduler reruns it elsewhere if its worker dies.
         self.executor = self.client.get_executor(pure=False)
@@ -146,15 +146,17 @@ class DaskPool:
     def _on_progress(self, event) -> None:
         _, msg = event
         if msg.get("batch") == self.batch_id:
-            self.latest[msg["run"]] = dict(epoch=msg["epoch"], test_acc=msg["test_acc"])
+            # Kept whole, so that epochs arriving together are all shown; a retried run starts again.
+            epochs = [e for e in self.epochs.get(msg["run"], []) if e["epoch"] < msg["epoch"]]
+            self.epochs[msg["run"]] = epochs + [dict(epoch=msg["epoch"], test_acc=msg["test_acc"])]
 
     def submit(self, task: dict):
         run = task["kwargs"]
         return self.executor.submit(run_on_worker, Path(run["notebook"]).name, Path(run["notebook"]).read_text(),
                                     Path(run["run_dir"]).name, run["parameters"], run["threads"], self.batch_id)
 
-    def progress(self, task: dict) -> dict | None:
-        return self.latest.get(Path(task["run_dir"]).name)
+    def progress(self, task: dict) -> list[dict]:
+        return list(self.epochs.get(Path(task["run_dir"]).name, []))
 
     def collect(self, task: dict, future) -> dict:
         """The run's record, its files written under ``run_dir`` here, as a local run leaves them."""

@@ -34,35 +34,42 @@ KERNEL_START_FAILURES = ("Kernel died before replying to kernel_info", "Kernel d
 
 class KernelOutput:
     """A file-like sink for a notebook's stdout (papermill's ``stdout_file``): it keeps the text in
-    ``output.log``, and after each piece of output passes a newly finished epoch, which ``utils.fit``
-    writes to ``progress.json`` (``PROGRESS_ENV``), to ``report(epoch, test_acc)`` if one is given."""
+    ``output.log``, and after each piece of output (and at the end) passes every newly finished
+    epoch, which ``utils.fit`` adds to ``progress.json`` (``PROGRESS_ENV``), to
+    ``report(epoch, test_acc)`` if one is given: each epoch once, in order, none skipped."""
 
     def __init__(self, run_dir: Path, report=None):
         # Absolute: papermill changes the working directory to the notebook's while it runs.
         self.run_dir = Path(run_dir).resolve()
-        self.report, self.reported = report, None
+        self.report, self.reported = report, 0
         self.log = open(self.run_dir / "output.log", "w")  # noqa: SIM115 - closed by close()
 
     def write(self, text: str) -> None:
         self.log.write(text)
-        if self.report is not None:
-            progress = read_progress(self.run_dir)
-            if progress and progress != self.reported:
-                self.reported = progress
-                self.report(progress["epoch"], progress["test_acc"])
+        self._report_new_epochs()
+
+    def _report_new_epochs(self) -> None:
+        if self.report is None:
+            return
+        for row in read_progress(self.run_dir):
+            if row["epoch"] > self.reported:
+                self.reported = row["epoch"]
+                self.report(row["epoch"], row["test_acc"])
 
     def flush(self) -> None:
         self.log.flush()
 
     def close(self) -> None:
+        self._report_new_epochs()  # an epoch written after the last line of output
         self.log.close()
 
 
-def read_progress(run_dir: Path) -> dict | None:
+def read_progress(run_dir: Path) -> list[dict]:
+    """Every epoch the run in ``run_dir`` has finished so far, ``[{epoch, test_acc}, ...]`` ([] before the first)."""
     try:
-        return json.loads((Path(run_dir) / PROGRESS_FILE).read_text())
-    except (OSError, ValueError):
-        return None
+        return json.loads((Path(run_dir) / PROGRESS_FILE).read_text())["epochs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
 
 
 def kernel_failed_to_start(exc: BaseException) -> bool:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -18,16 +20,23 @@ from .results import save_json  # atomic: a runner reading the progress file nev
 # would read "0/15" in the committed notebook; the per-epoch lines tell the story instead.
 NO_BARS_ENV = "MNIST_NO_PROGRESS_BARS"
 PER_BATCH_SCHEDULERS = (lr_scheduler.OneCycleLR, lr_scheduler.CyclicLR)
-# Set by the headless runners to a file that ``fit`` rewrites after every epoch ({epoch, test_acc}),
-# so that the runner can show how far each run is without reading its printed lines.
+# Set by the headless runners to a file that ``fit`` rewrites after every epoch with every epoch so far
+# ({epochs: [{epoch, test_acc}, ...]}), so that the runner can show each one without reading printed lines,
+# however late it looks.
 PROGRESS_ENV = "MNIST_PROGRESS_FILE"
 
 
 def report_progress(epoch: int, test_acc: float) -> None:
-    """Tell a runner watching ``PROGRESS_ENV``'s file that ``epoch`` finished (nothing when unset)."""
+    """Tell a runner watching ``PROGRESS_ENV``'s file that ``epoch`` finished (nothing when unset).
+    The file lists every epoch so far; an epoch at or past this one is from an earlier try, dropped."""
     path = os.environ.get(PROGRESS_ENV)
     if path:
-        save_json(path, dict(epoch=epoch, test_acc=round(test_acc, 2)))
+        try:
+            epochs = json.loads(Path(path).read_text())["epochs"]
+        except (OSError, ValueError, KeyError, TypeError):
+            epochs = []
+        epochs = [e for e in epochs if e["epoch"] < epoch] + [dict(epoch=epoch, test_acc=round(test_acc, 2))]
+        save_json(path, dict(epochs=epochs))
 
 
 DEVICE_TYPES = ("cpu", "cuda", "mps")
@@ -178,10 +187,10 @@ def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None, ema
             row["averages"] = averages
         history.append(row)
         epoch_bar.set_postfix(test_acc=f"{test_acc:.2f}")
+        report_progress(epoch, test_acc)  # before the line: a runner woken by the line finds its epoch
         if log:
             log(f"epoch {epoch:2d}  lr {lr:.4f}  train loss {train_loss:.4f} acc {train_acc:.2f}%  "
                 f"test loss {test_loss:.4f} acc {test_acc:.2f}%  ({seconds:.1f} s)")
-        report_progress(epoch, test_acc)
     if ema is not None:
         model.load_state_dict(ema.module.state_dict())  # the model now is what was tested
     return history
