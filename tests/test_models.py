@@ -3,7 +3,8 @@ import torch
 import torch.nn as nn
 
 from utils import MODELS, count_params, receptive_field
-from utils.models import ARCHS, CompactNet, conv_block, final_net, gap_head, separable_block, transition
+from utils.models import (ARCHS, CompactNet, Shift, conv_block, final_net, gap_head, norm, separable_block,
+                          transition)
 from utils.search import macs_per_image
 
 # Exact counts: a change to any model must be a deliberate change here too.
@@ -11,7 +12,7 @@ EXPECTED_PARAMS = {"skeleton": 15042, "lighter": 8870, "regularized": 7624, "fin
 # The search candidates (utils.models.ARCHS) and the first final, step 4's net.
 ARCH_PARAMS = {"slim": 4808, "twopool": 4808, "twopool_small": 4444, "twopool_wide": 5824, "separable": 4392,
                "separable_small": 3440, "gap7624": 7624, "onepool_narrow": 5892, "twopool_three": 5764,
-               "onepool_small": 4964, "separable_wide": 4880}
+               "onepool_small": 4964, "separable_wide": 4880, "separable_shiftbn": 4976}
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -87,6 +88,37 @@ def test_squeeze_token_is_a_1x1_conv_block():
     # 1x1 keeps the map: 9*4 + 8 (c4) + 4*2 + 4 (s2) + 2*10 (head) weights
     assert count_params(net) == 36 + 8 + 8 + 4 + 20
     assert net.features(torch.randn(1, 1, 28, 28)).shape == (1, 2, 26, 26)
+
+
+def test_shift_only_batch_norm_has_no_scale_and_starts_as_plain_normalization():
+    x = torch.randn(8, 3, 5, 5) * 4 + 2
+    shifted = norm(3, scale=False).train()
+    assert count_params(shifted) == 3 and isinstance(shifted[1], Shift)
+    assert torch.allclose(shifted(x), nn.BatchNorm2d(3).train()(x), atol=1e-5)  # scale 1, shift 0
+    with torch.no_grad():
+        shifted[1].bias.fill_(0.5)
+    assert torch.allclose(shifted(x).mean((0, 2, 3)), torch.full((3,), 0.5), atol=1e-5)
+
+
+def test_a_shiftbn_layout_drops_every_learned_scale_and_the_depthwise_affine():
+    plain, shifted = CompactNet("c4 M d8 s6"), CompactNet("shiftbn c4 M d8 s6")
+    # BN channels: c4 4, d8 4 (depthwise) + 8, s6 6. Shift-only keeps one per channel outside the
+    # depthwise BN, which keeps none.
+    assert count_params(plain) - count_params(shifted) == 2 * (4 + 4 + 8 + 6) - (4 + 8 + 6)
+    assert [type(m).__name__ for m in shifted.features[2]] == ["Conv2d", "BatchNorm2d", "Conv2d", "Sequential", "ReLU"]
+    assert not shifted.features[2][1].affine
+    assert shifted(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ValueError, match="no conv block"):
+        CompactNet("shiftbn M")
+
+
+def test_a_shiftbn_net_exports_and_the_program_matches_it(tmp_path):
+    from utils.export import export_model
+
+    net = final_net("separable_shiftbn").eval()
+    x = torch.randn(4, 1, 28, 28)
+    program = torch.export.load(export_model(net, tmp_path / "net.pt2")).module()
+    assert torch.allclose(program(x), net(x), atol=1e-5)
 
 
 def test_macs_counted_by_hand_for_one_conv():

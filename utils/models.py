@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import re
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -22,12 +23,32 @@ def named(builder):
     return build
 
 
+class Shift(nn.Module):
+    """A learned per-channel offset: the half of batch norm's affine step a shift-only BN keeps."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x):
+        return x + self.bias.view(1, -1, 1, 1)
+
+
+def norm(channels: int, scale: bool = True) -> nn.Module:
+    """Batch norm; with ``scale=False`` its learned scale is left out (shift only). Before a ReLU
+    whose output feeds a conv, a per-channel scale can be folded into that conv's weights, so
+    dropping it loses nothing the net can express and frees one parameter per channel."""
+    if scale:
+        return nn.BatchNorm2d(channels)
+    return nn.Sequential(nn.BatchNorm2d(channels, affine=False), Shift(channels))
+
+
 def conv_block(c_in: int, c_out: int, padding: int = 0, batch_norm: bool = True,
-               dropout: float = 0.0) -> nn.Sequential:
+               dropout: float = 0.0, scale: bool = True) -> nn.Sequential:
     """3x3 conv -> (BN) -> ReLU -> (dropout). With BN the conv bias is redundant, so it is dropped."""
     layers = [nn.Conv2d(c_in, c_out, 3, padding=padding, bias=not batch_norm)]
     if batch_norm:
-        layers.append(nn.BatchNorm2d(c_out))
+        layers.append(norm(c_out, scale))
     layers.append(nn.ReLU())
     if dropout > 0:
         layers.append(nn.Dropout(dropout))
@@ -112,20 +133,22 @@ def regularized_net(dropout: float = 0.05) -> GapNet:
     return GapNet(*REGULARIZED_WIDTHS, dropout=dropout)
 
 
-def separable_block(c_in: int, c_out: int, padding: int = 0) -> nn.Sequential:
+def separable_block(c_in: int, c_out: int, padding: int = 0, scale: bool = True) -> nn.Sequential:
     """Depthwise 3x3 (one filter per channel) -> BN -> pointwise 1x1 -> BN -> ReLU.
 
     9*c_in + c_in*c_out weights instead of 9*c_in*c_out: width gets cheap, so a net can afford
-    more channels at the same budget.
+    more channels at the same budget. With ``scale=False`` the middle BN keeps no affine step at
+    all (the pointwise conv and the BN after it absorb both) and the last one only a shift.
     """
+    middle = nn.BatchNorm2d(c_in) if scale else nn.BatchNorm2d(c_in, affine=False)
     return nn.Sequential(nn.Conv2d(c_in, c_in, 3, padding=padding, groups=c_in, bias=False),
-                         nn.BatchNorm2d(c_in), nn.Conv2d(c_in, c_out, 1, bias=False),
-                         nn.BatchNorm2d(c_out), nn.ReLU())
+                         middle, nn.Conv2d(c_in, c_out, 1, bias=False),
+                         norm(c_out, scale), nn.ReLU())
 
 
-def squeeze_block(c_in: int, c_out: int) -> nn.Sequential:
+def squeeze_block(c_in: int, c_out: int, scale: bool = True) -> nn.Sequential:
     """1x1 conv -> BN -> ReLU: c_in*c_out weights to change the width without touching the map."""
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), norm(c_out, scale), nn.ReLU())
 
 
 DROPOUT_KINDS = {"element": nn.Dropout, "channel": nn.Dropout2d}
@@ -139,12 +162,15 @@ class CompactNet(nn.Module):
     channels, ``s8`` a 1x1 conv block to 8 channels (a squeeze: mixes channels, keeps the map),
     ``M`` a 2x2 max-pool. Every block is conv -> BN -> ReLU; the head is global
     average pooling and a 1x1 conv to the 10 classes. ``dropout`` (``dropout_kind``
-    "element" or "channel") follows every block but the last.
+    "element" or "channel") follows every block but the last. A layout that starts with the
+    word ``shiftbn`` uses batch norm without a learned scale throughout (``norm``).
     """
 
     def __init__(self, layout: str, dropout: float = 0.0, dropout_kind: str = "element"):
         super().__init__()
         tokens = layout.split()
+        scale = tokens[:1] != ["shiftbn"]
+        tokens = tokens if scale else tokens[1:]
         convs = [t for t in tokens if t != "M"]
         if not convs:
             raise ValueError(f"layout {layout!r} has no conv block")
@@ -153,6 +179,8 @@ class CompactNet(nn.Module):
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         self.layout = layout
+        if not convs:
+            raise ValueError(f"layout {layout!r} has no conv block")
         layers, c_in, seen = [], 1, 0
         for token in tokens:
             if token == "M":
@@ -163,10 +191,11 @@ class CompactNet(nn.Module):
                 raise ValueError(f"bad token {token!r} in layout {layout!r}: use cN, cNp, dN, dNp, sN or M")
             if match[4]:
                 c_out = int(match[4])
-                block = squeeze_block(c_in, c_out)
+                block = squeeze_block(c_in, c_out, scale)
             else:
                 kind, c_out, padding = match[1], int(match[2]), 1 if match[3] else 0
-                block = conv_block(c_in, c_out, padding) if kind == "c" else separable_block(c_in, c_out, padding)
+                block = (conv_block(c_in, c_out, padding, scale=scale) if kind == "c"
+                         else separable_block(c_in, c_out, padding, scale))
             layers.append(block)
             seen += 1
             if dropout > 0 and seen < len(convs):
@@ -193,6 +222,9 @@ ARCHS = {
     "onepool_small": "c8 c8 M s8 c10 c10 c12 c12p",    # 4,964
     # Round 4 (issue 21): width is cheap in depthwise-separable blocks.
     "separable_wide": "c8 c8 M d16 d32 d32 d32",       # 4,880
+    # BN without a learned scale frees 304 of separable_wide's parameters; they widen the first
+    # block after the pool, where 8 channels fan out to only 16.
+    "separable_shiftbn": "shiftbn c8 c8 M d24 d32 d32 d32",  # 4,976
 }
 FINAL_ARCH = "onepool_narrow"
 
