@@ -9,7 +9,7 @@ import torch
 
 from utils import BAR, batch, count_params, final_net, load_results, report, search
 from utils.models import FINAL_ARCH
-from utils.recipe import comparable
+from utils.recipe import NOT_COMPARED, SETTINGS, comparable
 from utils.relative_paths import absolute_paths
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,6 +63,14 @@ def test_final_model_within_budget_and_holds_the_bar_in_its_saved_run():
     assert min(last5) >= BAR
 
 
+PATH_SETTINGS = tuple(name for name, s in SETTINGS.items() if s.path)
+
+
+def literal_recipe(config: dict) -> dict:
+    """A saved config as it stands, less what differs between runs of one recipe: seed, threads, paths."""
+    return {k: v for k, v in config.items() if k not in (*NOT_COMPARED, *PATH_SETTINGS)}
+
+
 @pytest.mark.parametrize("study, runs", [("seeds", 10), ("heldout", 5)])
 def test_final_recipe_holds_the_bar_on_every_seed_of_its_studies(study, runs):
     final = load_results(RESULTS / "05_final.json")
@@ -72,6 +80,8 @@ def test_final_recipe_holds_the_bar_on_every_seed_of_its_studies(study, runs):
     for run in s["runs"]:
         assert run["params"] == final["params"]
         assert comparable(run["config"]) == comparable(final["config"])  # the whole recipe but seed and paths
+        # ... and literally: every key the final run records, no setting filled in for an older record
+        assert literal_recipe(run["config"]) == literal_recipe(final["config"])
         assert run["config"].get("layout") == final["config"].get("layout")
         # made by today's runners: one thread, AVX2 ceiling
         assert run["cpu"]["threads"] == 1 and run["cpu"]["onednn_max_cpu_isa"] == "AVX2"
@@ -107,9 +117,12 @@ def test_a_batch_rerun_repeats_the_first_run_of_the_seed_study():
     parameters and thread count, on the AVX2-capable CPU that made the rerun."""
     first = load_results(RESULTS / "seeds.json")["runs"][0]
     rerun = load_results(RESULTS / "repro_check_final.json")["runs"][0]
-    # today's runner also hands the notebook its thread count as a parameter; the count itself is the same
-    same = lambda params: {k: v for k, v in params.items() if k != "threads"}  # noqa: E731
-    assert same(rerun["parameters"]) == same(first["parameters"]) and rerun["cpu"]["threads"] == first["cpu"]["threads"]
+    # The same run: its seed, its whole recipe as recorded (a parameter given or left at the notebook's
+    # default alike), its thread count and instruction-set ceiling; only the folders differ.
+    assert rerun["config"]["seed"] == first["config"]["seed"]
+    assert literal_recipe(rerun["config"]) == literal_recipe(first["config"])
+    assert rerun["cpu"]["threads"] == first["cpu"]["threads"] == 1
+    assert rerun["cpu"]["onednn_max_cpu_isa"] == first["cpu"]["onednn_max_cpu_isa"]
     assert rerun["test_acc"] == first["test_acc"] and len(rerun["test_acc"]) == 15
 
 
