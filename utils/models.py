@@ -225,6 +225,8 @@ ARCHS = {
     # BN without a learned scale frees 304 of separable_wide's parameters; they widen the first
     # block after the pool, where 8 channels fan out to only 16.
     "separable_shiftbn": "shiftbn c8 c8 M d24 d32 d32 d32",  # 4,976
+    # separable_wide's widths without the scales: what dropping them costs, apart from the width they buy.
+    "separable_wide_shiftbn": "shiftbn c8 c8 M d16 d32 d32 d32",  # 4,576
 }
 FINAL_ARCH = "onepool_narrow"
 
