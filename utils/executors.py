@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .notebook_run import PROGRESS_FILE, execute, read_progress, stop_kernels
 from .paths import REPO
+from .train import add_epoch
 
 PROGRESS_TOPIC = "mnist-batch-progress"
 
@@ -147,8 +148,7 @@ class DaskPool:
         _, msg = event
         if msg.get("batch") == self.batch_id:
             # Kept whole, so that epochs arriving together are all shown; a retried run starts again.
-            epochs = [e for e in self.epochs.get(msg["run"], []) if e["epoch"] < msg["epoch"]]
-            self.epochs[msg["run"]] = epochs + [dict(epoch=msg["epoch"], test_acc=msg["test_acc"])]
+            self.epochs[msg["run"]] = add_epoch(self.epochs.get(msg["run"], []), msg["epoch"], msg["test_acc"])
 
     def submit(self, task: dict):
         run = task["kwargs"]

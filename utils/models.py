@@ -179,8 +179,6 @@ class CompactNet(nn.Module):
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         self.layout = layout
-        if not convs:
-            raise ValueError(f"layout {layout!r} has no conv block")
         layers, c_in, seen = [], 1, 0
         for token in tokens:
             if token == "M":

@@ -20,7 +20,7 @@ import papermill as pm
 
 from .experiment import SMOKE_ENV
 from .repro import pin_isa
-from .train import NO_BARS_ENV, PROGRESS_ENV
+from .train import NO_BARS_ENV, PROGRESS_ENV, read_epochs
 
 PROGRESS_FILE = "progress.json"
 # Marks every kernel a batch starts, so that stopping the batch can find and end them all.
@@ -66,10 +66,7 @@ class KernelOutput:
 
 def read_progress(run_dir: Path) -> list[dict]:
     """Every epoch the run in ``run_dir`` has finished so far, ``[{epoch, test_acc}, ...]`` ([] before the first)."""
-    try:
-        return json.loads((Path(run_dir) / PROGRESS_FILE).read_text())["epochs"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
+    return read_epochs(Path(run_dir) / PROGRESS_FILE)
 
 
 def kernel_failed_to_start(exc: BaseException) -> bool:

@@ -26,17 +26,25 @@ PER_BATCH_SCHEDULERS = (lr_scheduler.OneCycleLR, lr_scheduler.CyclicLR)
 PROGRESS_ENV = "MNIST_PROGRESS_FILE"
 
 
+def read_epochs(path) -> list[dict]:
+    """The epochs a progress file lists, ``[{epoch, test_acc}, ...]`` ([] when there is none yet)."""
+    try:
+        return json.loads(Path(path).read_text())["epochs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def add_epoch(epochs: list[dict], epoch: int, test_acc: float) -> list[dict]:
+    """``epochs`` with ``epoch`` added last; any at or past it are from an earlier try, dropped."""
+    return [e for e in epochs if e["epoch"] < epoch] + [dict(epoch=epoch, test_acc=test_acc)]
+
+
 def report_progress(epoch: int, test_acc: float) -> None:
     """Tell a runner watching ``PROGRESS_ENV``'s file that ``epoch`` finished (nothing when unset).
-    The file lists every epoch so far; an epoch at or past this one is from an earlier try, dropped."""
+    The file lists every epoch so far (``add_epoch``)."""
     path = os.environ.get(PROGRESS_ENV)
     if path:
-        try:
-            epochs = json.loads(Path(path).read_text())["epochs"]
-        except (OSError, ValueError, KeyError, TypeError):
-            epochs = []
-        epochs = [e for e in epochs if e["epoch"] < epoch] + [dict(epoch=epoch, test_acc=round(test_acc, 2))]
-        save_json(path, dict(epochs=epochs))
+        save_json(path, dict(epochs=add_epoch(read_epochs(path), epoch, round(test_acc, 2))))
 
 
 DEVICE_TYPES = ("cpu", "cuda", "mps")
