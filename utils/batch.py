@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from .results import BAR, LAST_N, load_results, save_json
 from .recipe import SETTINGS, Recipe
 from .train import pick_device
+from .notebook_run import read_progress
 from .paths import REPO, relative
 
 # Parameters the runner sets itself for every run.
@@ -171,6 +172,12 @@ def run_pool(tasks: list[dict], executor, desc: str, finished: list | None = Non
                 task = futures[future]
                 records[task["name"]] = record = {"run": task["name"], **executor.collect(task, future)}
                 finished.append(record)
+                # Epochs the display had not seen yet: the run's own progress file is back in its folder.
+                for row in read_progress(task["run_dir"]):
+                    if row["epoch"] > shown.get(task["name"], 0):
+                        shown[task["name"]] = row["epoch"]
+                        tqdm.write(f"{task['name']}: epoch {row['epoch']}/{task['epochs']}, "
+                                   f"test {row['test_acc']:.2f} %")
                 if record["status"] != "ok":
                     tqdm.write(f"{task['name']} FAILED: {record['error']} (see {relative(task['run_dir'])})")
                 else:
