@@ -185,3 +185,24 @@ def test_averages_table_lists_every_average_of_such_studies(tmp_path):
     table = search.averages_table(tmp_path).splitlines()
     assert len(table) == 4 and "EMA 0.9998 (the run's own)" in table[2] and "| EMA 0.9995 |" in table[3]
     assert "0.02000" in table[2] and "99.45, 99.45" in table[3]
+
+
+def test_ablations_of_two_finals_each_stay_paired_with_their_own_runs(tmp_path):
+    """A new final gets ablated afresh; the earlier final's ablations keep their block, after today's."""
+    save_json(tmp_path / "05_final.json", dict(config={**FINAL, "arch": "separable_wide"}))
+    save_json(tmp_path / "seeds.json", dict(runs=[_run(f"seed{s}", s, 99.55, True, arch="separable_wide")
+                                                  for s in range(10)]))
+    save_json(tmp_path / "seeds_4808_seeds.json", dict(runs=[_run(f"seed{s}", s, 99.45, True) for s in range(5)]))
+    save_json(tmp_path / "ablation_ema.json",
+              dict(runs=[_run(f"seed{s}", s, 99.30, False, ema_decay=None) for s in range(3)]))
+    save_json(tmp_path / "ablation_lr.json",
+              dict(runs=[_run(f"seed{s}", s, 99.50, True, arch="separable_wide", lr=0.2) for s in range(3)]))
+    lines = search.ablation_table(tmp_path).splitlines()
+    assert lines[2].startswith("| nothing: the final recipe | `seeds.json` | 0–2 | 3/3 | 99.55 ± 0.00 |")
+    assert lines[3].startswith("| peak LR 0.2 | `ablation_lr.json` | 0–2 | 3/3 | 99.50 ± 0.00 |")
+    assert lines[4].startswith("| nothing: the final recipe on the previous final, `twopool` (4,808 parameters) "
+                               "| `seeds_4808_seeds.json` | 0–2 |")
+    assert lines[5].startswith("| EMA off | `ablation_ema.json` | 0–2 | 0/3 | 99.30 ± 0.00 |")
+    save_json(tmp_path / "ablation_mixed.json", dict(runs=[_run("seed0", 0, 99.3, True),
+                                                           _run("seed1", 1, 99.3, True, arch="separable_wide")]))
+    assert "does not ablate one net" in search.ablation_table(tmp_path)

@@ -166,7 +166,8 @@ def ablation_table(results_dir: Path) -> str:
     """One row per ablation study (``results/ablation_*.json``) next to the runs of the recipe it
     ablated on the same seeds (the seed study of that net, ``ablated_final``), and one row per extra
     average those runs tested (``extra_ema_decays``): the same runs judged through that average, so
-    no run of its own. When the ablated net is not today's final, the first row names it."""
+    no run of its own. Ablations of an earlier final stay in a block of their own, paired with that
+    final's runs, after today's; such a block's first row names its net."""
     final, seeds = results_dir / "05_final.json", results_dir / "seeds.json"
     paths = sorted(results_dir.glob("ablation_*.json"))
     if not (paths and final.exists() and seeds.exists()):
@@ -174,24 +175,39 @@ def ablation_table(results_dir: Path) -> str:
     if any("config" not in r for r in load_results(seeds)["runs"]):
         return "_The saved seed study predates per-run configs: run `make seeds`, then the ablation table follows._"
     final_config = load_results(final)["config"]
-    studies = [(p.name, load_results(p)) for p in paths]
-    archs = {r["config"].get("arch") for _, s in studies for r in s["runs"] if r["status"] == "ok"}
-    used = {r["config"]["seed"] for _, s in studies for r in s["runs"] if r["status"] == "ok"}
-    found = ablated_final(results_dir, final_config, archs.pop(), used) if len(archs) == 1 else None
-    if found is None:
-        return "_No seed study of the ablated recipe is saved: run `make seeds` and `make ablation` on one final._"
-    base_name, base = found
-    reference = base["runs"][0]["config"]
-    base["runs"] = [r for r in base["runs"] if r["status"] == "ok" and r["config"]["seed"] in used]
+    by_net: dict[str, list[tuple[str, dict]]] = {}
+    for path in paths:
+        study = load_results(path)
+        archs = {r["config"].get("arch") for r in study["runs"] if r["status"] == "ok"}
+        if len(archs) != 1:
+            return f"_`{path.name}` does not ablate one net: run `make ablation` on one final._"
+        by_net.setdefault(archs.pop(), []).append((path.name, study))
     rows = ["| what changes | study | seeds | hold | last-5 min (mean ± std) | worst | final test (mean) |",
             "|---|---|---|:-:|--:|--:|--:|"]
     cache: dict = {}
+    for arch in sorted(by_net, key=lambda a: a != final_config.get("arch")):  # today's final first
+        block = _ablation_rows(results_dir, final_config, arch, by_net[arch], cache)
+        if block is None:
+            return "_No seed study of the ablated recipe is saved: run `make seeds` and `make ablation` on one final._"
+        rows += block
+    return "\n".join(rows)
+
+
+def _ablation_rows(results_dir: Path, final_config: dict, arch: str, studies: list[tuple[str, dict]],
+                   cache: dict) -> list[str] | None:
+    used = {r["config"]["seed"] for _, s in studies for r in s["runs"] if r["status"] == "ok"}
+    found = ablated_final(results_dir, final_config, arch, used)
+    if found is None:
+        return None
+    base_name, base = found
+    reference = base["runs"][0]["config"]
+    base = {**base, "runs": [r for r in base["runs"] if r["status"] == "ok" and r["config"]["seed"] in used]}
     through = [(base_name, dict(runs=as_tested_through(base["runs"], decay))) for decay in
                (base["runs"][0].get("averages") or {})]
-    ablated = reference.get("arch")
     nothing = "nothing: the final recipe"
-    if ablated != final_config.get("arch"):
-        nothing += f" on the previous final, `{ablated}` ({base['runs'][0]['params']:,} parameters)"
+    if arch != final_config.get("arch"):
+        nothing += f" on the previous final, `{arch}` ({base['runs'][0]['params']:,} parameters)"
+    rows = []
     for name, summary in [(base_name, base), *through, *studies]:
         for runs in candidates(summary).values():
             r = candidate_row(runs, reference, cache)
@@ -201,7 +217,7 @@ def ablation_table(results_dir: Path) -> str:
                 label += " (the same runs, through this average)"
             rows.append(f"| {label} | `{name}` | {_seeds(r['seeds'])} | {r['holding']}/{r['runs']} "
                         f"| {r['last_min']} | {r['worst']:.2f} | {final_mean:.2f} |")
-    return "\n".join(rows)
+    return rows
 
 
 def as_tested_through(runs: list[dict], decay: str, last_n: int = 5) -> list[dict]:
