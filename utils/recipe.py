@@ -149,6 +149,9 @@ SETTINGS: dict[str, Setting] = {
                             label="weight decay {}", absent=0.0),
     "label_smoothing": Setting(0.0, "share of the target spread over the other classes; screened no better",
                                number(0, 1), label="label smoothing {}", absent=0.0),
+    "grad_clip": Setting(None, "rescale each step's gradient to at most this L2 norm over all weights, so no "
+                         "single batch jolts the weights; None: no clipping (the final has none)",
+                         number(0, 1e6, low_open=True, optional=True), label="grad clip {}", off="no grad clip"),
     "ema_decay": Setting(0.9998, "the tested weights are an average, updated every step with decay "
                          "min(this, (1+n)/(10+n)): at batch 32 the warm-up ramp never reaches 0.9998 in 15 epochs, so "
                          "the average spans the last ~11 % of the steps, growing with the run; it gave a lower test "
@@ -263,8 +266,8 @@ def final_training(model, recipe: Recipe, steps_per_epoch: int, epochs: int | No
 
 
 def fit_settings(recipe: Recipe) -> dict:
-    """``utils.fit``'s keyword arguments that come from the recipe (averaging, label smoothing)."""
-    return {name: getattr(recipe, name) for name in ("ema_decay", "extra_ema_decays", "label_smoothing")
+    """``utils.fit``'s keyword arguments that come from the recipe (averaging, label smoothing, clipping)."""
+    return {name: getattr(recipe, name) for name in ("ema_decay", "extra_ema_decays", "label_smoothing", "grad_clip")
             if name in recipe}
 
 
