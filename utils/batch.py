@@ -163,6 +163,14 @@ def run_pool(tasks: list[dict], executor, desc: str, finished: list | None = Non
     # Into a file (`> log`) a redrawn bar is noise: there, one line per event and no bar.
     bar = tqdm(total=sum(t["epochs"] for t in tasks), desc=desc, unit="epoch", dynamic_ncols=True,
                disable=not sys.stderr.isatty())
+
+    def show_new_epochs(task: dict, rows: list[dict]) -> None:
+        """A line for each epoch of ``rows`` not shown yet, however many came since the last look."""
+        for row in rows:
+            if row["epoch"] > shown.get(task["name"], 0):
+                shown[task["name"]] = row["epoch"]
+                tqdm.write(f"{task['name']}: epoch {row['epoch']}/{task['epochs']}, test {row['test_acc']:.2f} %")
+
     try:
         futures = {executor.submit(t): t for t in tasks}
         pending = set(futures)
@@ -173,11 +181,7 @@ def run_pool(tasks: list[dict], executor, desc: str, finished: list | None = Non
                 records[task["name"]] = record = {"run": task["name"], **executor.collect(task, future)}
                 finished.append(record)
                 # Epochs the display had not seen yet: the run's own progress file is back in its folder.
-                for row in read_progress(task["run_dir"]):
-                    if row["epoch"] > shown.get(task["name"], 0):
-                        shown[task["name"]] = row["epoch"]
-                        tqdm.write(f"{task['name']}: epoch {row['epoch']}/{task['epochs']}, "
-                                   f"test {row['test_acc']:.2f} %")
+                show_new_epochs(task, read_progress(task["run_dir"]))
                 if record["status"] != "ok":
                     tqdm.write(f"{task['name']} FAILED: {record['error']} (see {relative(task['run_dir'])})")
                 else:
@@ -185,11 +189,7 @@ def run_pool(tasks: list[dict], executor, desc: str, finished: list | None = Non
             live = []
             for task in tasks:
                 epochs = [] if task["name"] in records else executor.progress(task)
-                for row in epochs:  # every epoch since the last look, however many came meanwhile
-                    if row["epoch"] > shown.get(task["name"], 0):
-                        shown[task["name"]] = row["epoch"]
-                        tqdm.write(f"{task['name']}: epoch {row['epoch']}/{task['epochs']}, "
-                                   f"test {row['test_acc']:.2f} %")
+                show_new_epochs(task, epochs)
                 if epochs:
                     latest = epochs[-1]
                     live.append(f"{task['name']} {latest['epoch']}/{task['epochs']} {latest['test_acc']:.2f}%")
