@@ -337,3 +337,50 @@ def test_a_notebook_with_a_threads_parameter_gets_the_runners_count(tmp_path):
     assert "threads" not in runs[0]["parameters"]  # the runner adds it when it starts them
     with pytest.raises(ValueError, match="set by the runner"):
         batch.plan_runs(batch.REPO / "notebooks" / "01_skeleton.ipynb", [0], [["threads", "2"]])
+
+
+def test_resume_reads_the_runs_a_stopped_batch_finished_and_runs_the_rest(tiny_notebook, tmp_path, capsys):
+    out = tmp_path / "runs"
+    first = batch.run_batch(tiny_notebook, [0, 1], [["epochs", "3"]], out_dir=out)
+    executed = out / "tiny" / "seed0" / "tiny.ipynb"
+    written = executed.stat().st_mtime_ns
+    summary = batch.run_batch(tiny_notebook, [0, 1, 2], [["epochs", "3"]], out_dir=out, resume=True,
+                              summary_path=tmp_path / "all.json")
+    assert "seed0: finished before, read from" in capsys.readouterr().out
+    assert executed.stat().st_mtime_ns == written  # read, not run again
+    assert [r["run"] for r in summary["runs"]] == ["seed0", "seed1", "seed2"] and summary["finished"] == 3
+    assert [r.get("resumed", False) for r in summary["runs"]] == [True, True, False]
+    for old, read in zip(first["runs"], summary["runs"]):
+        figures = set(old) - {"seconds", "kernel_starts"}  # the rest says how that execution went
+        assert {k: read[k] for k in figures} == {k: old[k] for k in figures}
+        assert read["seconds"] > 0  # how long it took when it ran
+
+
+def _change_the_code(notebook, executed):
+    nb = nbformat.read(notebook, as_version=4)
+    nb.cells[-1].source += "\n# changed"
+    nbformat.write(nb, notebook)
+
+
+def _cut_off(notebook, executed):  # a kill mid-run leaves a copy papermill never finished
+    nb = nbformat.read(executed, as_version=4)
+    nb.metadata.papermill.end_time = None
+    nbformat.write(nb, executed)
+
+
+@pytest.mark.parametrize("first_grid, change, why", [
+    ([["epochs", "3"], ["lr", "0.2"]], None, "other parameters"),
+    ([["epochs", "2"]], None, "fewer epochs"),
+    ([["epochs", "3"], ["fail_on_seed", "0"]], None, "it failed"),
+    ([["epochs", "3"]], _change_the_code, "the notebook's code changed since"),
+    ([["epochs", "3"]], _cut_off, "it was cut off"),
+])
+def test_resume_runs_again_what_an_earlier_batch_did_not_finish_as_planned(tiny_notebook, tmp_path, first_grid,
+                                                                          change, why):
+    out = tmp_path / "runs"
+    batch.run_batch(tiny_notebook, [0], first_grid, out_dir=out)
+    if change:
+        change(tiny_notebook, out / "tiny" / "seed0" / "tiny.ipynb")
+    summary = batch.run_batch(tiny_notebook, [0], [["epochs", "3"]], out_dir=out, resume=True)
+    assert summary["finished"] == 1 and "resumed" not in summary["runs"][0], why
+    assert summary["runs"][0]["epochs"] == 3

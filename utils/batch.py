@@ -8,6 +8,8 @@ results JSON. The summary (per run and over runs) is printed and saved as
 ``runs/<notebook>/summary.json`` (and to ``--summary`` if given). A run that raises is
 reported with its error and the path of its executed copy; the other runs go on. Ctrl-C
 stops every run still going (their kernels too); finished runs and their files stay as they are.
+With ``--resume`` a batch that was stopped (or killed) picks up where it was: a run whose folder
+holds a finished run of the same notebook code with the same parameters is read, not rerun.
 
 With ``--scheduler tcp://HOST:PORT`` the runs go to a Dask cluster instead of this machine's
 processes (``utils.executors``); everything else, files under ``--out`` included, is the same.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import ast
 import itertools
+import json
 import signal
 import statistics
 import sys
@@ -25,13 +28,14 @@ import time
 from concurrent.futures import FIRST_COMPLETED, wait
 from pathlib import Path
 
+import nbformat
 import papermill as pm
 from tqdm.auto import tqdm
 
 from .results import BAR, LAST_N, load_results, save_json
 from .recipe import SETTINGS, Recipe
 from .train import pick_device
-from .notebook_run import read_progress
+from .notebook_run import read_progress, read_results, run_record
 from .paths import REPO, relative
 
 # Parameters the runner sets itself for every run.
@@ -108,6 +112,32 @@ def run_task(notebook: Path, base: Path, run: dict, threads: int) -> dict:
     return dict(name=run["name"], run_dir=run_dir, epochs=run["epochs"],
                 kwargs=dict(notebook=str(notebook), run_dir=str(run_dir), parameters=run["parameters"],
                             threads=threads))
+
+
+def code_cells(nb) -> list[str]:
+    """A notebook's code, without the cell papermill injects for a run's parameters."""
+    return [c.source for c in nb.cells
+            if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]
+
+
+def finished_before(notebook: Path, task: dict) -> dict | None:
+    """The record of ``task``'s run if an earlier batch finished it in the same folder (``--resume``):
+    its executed copy ran to the end without an error, on the same code cells as ``notebook`` and
+    with the same parameters, and its results hold every planned epoch. None: it must run."""
+    try:
+        executed = nbformat.read(task["run_dir"] / notebook.name, as_version=4)
+    except (OSError, ValueError):  # no executed copy yet, or one cut off mid-write
+        return None
+    meta = executed.metadata.get("papermill", {})
+    planned = json.loads(json.dumps({**task["kwargs"]["parameters"], "results_dir": str(task["run_dir"]),
+                                     "images_dir": str(task["run_dir"] / "images")}))  # as the copy keeps them
+    results = read_results(task["run_dir"])
+    if (meta.get("exception") or not meta.get("end_time") or meta.get("parameters") != planned or results is None
+            or code_cells(executed) != code_cells(nbformat.read(notebook, as_version=4))
+            or results["summary"]["epochs"] != task["epochs"]
+            or results.get("cpu", {}).get("threads", task["kwargs"]["threads"]) != task["kwargs"]["threads"]):
+        return None
+    return {"status": "ok", **run_record(results), "seconds": round(meta["duration"], 1), "resumed": True}
 
 
 def mean_and_std(values: list[float]) -> dict | None:
@@ -241,9 +271,10 @@ def _plot(records: list[dict], notebook: Path, plot_path) -> None:
 
 
 def run_batch(notebook, seeds, grid=(), jobs=None, out_dir=REPO / "runs", summary_path=None,
-              plot_path=None, threads=1, scheduler=None) -> dict:
+              plot_path=None, threads=1, scheduler=None, resume=False) -> dict:
     """Run the notebook once per seed and grid point. ``jobs`` None: as many side by side as this
-    machine's cores hold at ``threads`` each (``executors.lanes``); on a cluster its workers decide."""
+    machine's cores hold at ``threads`` each (``executors.lanes``); on a cluster its workers decide.
+    ``resume``: runs an earlier batch finished under ``out_dir`` are read, not rerun (``finished_before``)."""
     from .executors import DaskPool, LocalPool, lanes
 
     notebook = Path(notebook).resolve()
@@ -261,14 +292,20 @@ def run_batch(notebook, seeds, grid=(), jobs=None, out_dir=REPO / "runs", summar
     if "threads" in notebook_parameters(notebook):  # the notebook sets its threads itself, from this
         for run in runs:
             run["parameters"]["threads"] = threads
-    jobs = jobs or (1 if scheduler else lanes(len(runs), threads))
-    executor = executor or LocalPool(jobs)
     base = Path(out_dir).resolve() / notebook.stem
     tasks = [run_task(notebook, base, r, threads) for r in runs]
     records: list[dict] = []
+    for task in tasks if resume else []:
+        record = finished_before(notebook, task)
+        if record:
+            records.append({"run": task["name"], **record})
+            print(f"{task['name']}: finished before, read from {relative(task['run_dir'])}")
+    to_run = [t for t in tasks if t["name"] not in {r["run"] for r in records}]
+    jobs = jobs or (1 if scheduler else lanes(len(to_run), threads))
+    executor = executor or LocalPool(jobs)
     start = time.perf_counter()
     try:
-        run_pool(tasks, executor, f"{notebook.stem}: {len(runs)} runs", records)
+        run_pool(to_run, executor, f"{notebook.stem}: {len(to_run)} runs", records)
         executor.close()
     finally:
         shown = {t["name"]: dict(run=t["name"], parameters=t["kwargs"]["parameters"],
@@ -309,6 +346,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(REPO / "runs"), help="folder for the runs (default runs/)")
     parser.add_argument("--summary", help="also save the summary JSON here (e.g. results/seeds.json)")
     parser.add_argument("--plot", help="save a test-accuracy-per-epoch plot here (e.g. images/seeds.png)")
+    parser.add_argument("--resume", action="store_true", help="read, not rerun, the runs an earlier batch "
+                        "finished under --out with the same notebook code and parameters (after a stop or a kill)")
     parser.add_argument("--merge", nargs="+", metavar="SUMMARY", help="run nothing: merge these summaries of the "
                         "notebook (one study run as several invocations) into --summary")
     args = parser.parse_args(argv)
@@ -322,7 +361,7 @@ def main(argv=None) -> int:
         return 0
     try:
         summary = run_batch(args.notebook, args.seeds, args.param, args.jobs, args.out, args.summary, args.plot,
-                            args.threads, args.scheduler)
+                            args.threads, args.scheduler, args.resume)
     except ValueError as exc:
         parser.error(str(exc))
     except KeyboardInterrupt:

@@ -132,12 +132,18 @@ def execute(notebook: str, run_dir: str, parameters: dict, threads: int, report=
     start = time.perf_counter()
     outcome = execute_notebook(notebook, str(output), parameters, threads, str(run_dir), report, batch_id, cwd)
     if outcome["status"] == "ok":
-        results = sorted(p for p in run_dir.glob("*.json") if p.name != PROGRESS_FILE)
+        results = read_results(run_dir)
         if results:
-            outcome.update(run_record(json.loads(results[0].read_text())))
+            outcome.update(run_record(results))
         else:
             outcome = {"status": "failed", "error": "the notebook wrote no results JSON"}
     return {**outcome, "seconds": round(time.perf_counter() - start, 1)}
+
+
+def read_results(run_dir: Path) -> dict | None:
+    """The results JSON a run wrote into its folder (the first besides the progress file), or None."""
+    results = sorted(p for p in Path(run_dir).glob("*.json") if p.name != PROGRESS_FILE)
+    return json.loads(results[0].read_text()) if results else None
 
 
 def run_record(res: dict) -> dict:
