@@ -229,7 +229,7 @@ ARCHS = {
     # multiply-adds (648k against 538k) on the same 4,976 parameters, and a 6x6 map into the head.
     "separable_shiftbn_pad": "shiftbn c8 c8 M d24p d32 d32 d32",  # 4,976
 }
-FINAL_ARCH = "onepool_narrow"
+FINAL_ARCH = "separable_shiftbn_pad"
 
 
 @named

@@ -30,7 +30,7 @@ STEPS = {
     "03_regularized": ("Regularized", "< 8k, regularize", "BN, dropout 0.05, ±7° rotation, GAP head"),
     "04_lr_scheduled": ("LR-scheduled", "≥ 99.40 % last 5, < 8k", "OneCycleLR (peak 0.1), Nesterov"),
     "05_final": ("Final", "≥ 99.40 % last 5, ≤ 6k (aim 5k)",
-                 "5,892 params, batch 32, EMA to the end, clean tail from epoch 10"),
+                 "4,976 params, depthwise-separable, shift-only BN, batch 32, clean tail from epoch 10"),
 }
 
 
