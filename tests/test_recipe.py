@@ -50,6 +50,9 @@ def _nothing_written(tmp_path):
     (dict(ema_decay=1.0), "ema_decay"),
     (dict(label_smoothing=1.0), "label_smoothing"),
     (dict(weight_decay=-1e-4), "weight_decay"),
+    (dict(grad_clip=0), r"grad_clip must be in \(0, 1000000.0\)"),
+    (dict(grad_clip=-2.0), "grad_clip"),
+    (dict(grad_clip="2"), "grad_clip must be a finite number or None"),
     (dict(clean_from=0), "clean_from must be None or an integer between 1 and 15"),
     (dict(clean_from=16), "clean_from must be None or an integer between 1 and 15"),
     (dict(clean_from=10.0), "clean_from"),
@@ -66,12 +69,12 @@ def test_a_bad_setting_fails_before_any_file(changes, message, tmp_path, monkeyp
     assert _nothing_written(tmp_path)
 
 
-NUMERIC = [name for name, s in SETTINGS.items() if isinstance(s.default, float) or name == "ema_decay"]
+NUMERIC = [name for name, s in SETTINGS.items() if isinstance(s.default, float) or name in ("ema_decay", "grad_clip")]
 
 
 def test_every_float_setting_is_covered():
     assert {"rotate", "translate", "scale", "dropout", "pct_start", "weight_decay", "ema_decay",
-            "label_smoothing", "lr"} <= set(NUMERIC)
+            "label_smoothing", "lr", "grad_clip"} <= set(NUMERIC)
 
 
 @pytest.mark.parametrize("name", NUMERIC)

@@ -206,3 +206,15 @@ def test_ablations_of_two_finals_each_stay_paired_with_their_own_runs(tmp_path):
     save_json(tmp_path / "ablation_mixed.json", dict(runs=[_run("seed0", 0, 99.3, True),
                                                            _run("seed1", 1, 99.3, True, arch="separable_wide")]))
     assert "does not ablate one net" in search.ablation_table(tmp_path)
+
+
+def test_a_seed_studys_time_per_run_counts_only_the_runs_it_ran(tmp_path):
+    from utils import batch, report
+
+    runs = [{**_run(f"seed{s}", s, 99.45, True), "seconds": 900.0, "resumed": True} for s in (0, 1)]
+    runs.append({**_run("seed2", 2, 99.5, True), "seconds": 600.0})
+    summary = batch.summarize_runs(tmp_path / "05_final.ipynb", runs, jobs=1, wall_seconds=600.0, threads=1)
+    save_json(tmp_path / "seeds.json", summary)
+    table = report.seeds_table(tmp_path / "seeds.json")
+    assert "600 s for 1 runs" in table and "≈ 600 s per run" in table
+    assert "2 more run(s) were read from an earlier batch (`--resume`)" in table

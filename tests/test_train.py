@@ -138,3 +138,27 @@ def test_extra_averages_are_tested_without_changing_the_run(small_mnist):
     assert [r["averages"]["0.9"]["test_loss"] for r in both] == [r["test_loss"] for r in other]
     with pytest.raises(ValueError, match="needs ema_decay"):
         run(extra_ema_decays=[0.9])
+
+
+def test_grad_clip_bounds_every_step_and_none_leaves_the_run_alone(small_mnist):
+    from utils.train import train_epoch
+
+    x, y, _, _ = small_mnist
+
+    def steps(grad_clip):
+        seed_everything(0)
+        model = final_net()
+        train = DeviceLoader(x[:128], y[:128], batch_size=32, seed=0)
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)  # plain SGD, lr 1: a step is minus the gradient
+        moves = []
+        for batch_x, batch_y in train:
+            before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+            train_epoch(model, [(batch_x, batch_y)], opt, progress=False, grad_clip=grad_clip)
+            moves.append(float((torch.cat([p.detach().flatten() for p in model.parameters()]) - before).norm()))
+        return moves
+
+    free = steps(None)
+    clipped = steps(0.05)
+    assert max(free) > 0.05  # the unclipped steps are larger than the clip, so clipping has work to do
+    assert all(move <= 0.05 * 1.001 for move in clipped)
+    assert steps(1e6) == free  # a clip never reached changes nothing

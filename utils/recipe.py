@@ -95,6 +95,7 @@ class Setting:
     off: str | None = None       # how it writes None, where "<label> off" would not say enough
     absent: Any = None           # the value of a run recorded before this setting existed
     path: bool = False           # where files go: left out when two runs' recipes are compared
+    applies_with: str | None = None  # the setting that must be on for this one to matter (dropout's kind)
 
 
 SETTINGS: dict[str, Setting] = {
@@ -115,12 +116,12 @@ SETTINGS: dict[str, Setting] = {
     "images_dir": Setting("images", "the figures", text, path=True),
     "export_path": Setting("results/05_final.pt2", "the trained model as a torch.export program", text, path=True),
     # The model
-    "arch": Setting("onepool_narrow", "a layout of utils.models.ARCHS (or step 4's 'gap7624'): the smallest that "
-                    "held every seed run", arch_name),
+    "arch": Setting("separable_shiftbn_pad", "a layout of utils.models.ARCHS (or step 4's 'gap7624'): the smallest "
+                    "that held every seed run with a margin", arch_name),
     "dropout": Setting(0.0, "after every conv block but the last; none: a net this small underfits without it",
                        number(0, 1), label="dropout {}"),
     "dropout_kind": Setting("element", "'element' (nn.Dropout) or 'channel' (nn.Dropout2d)",
-                            one_of("element", "channel"), label="dropout kind {}"),
+                            one_of("element", "channel"), label="dropout kind {}", applies_with="dropout"),
     # The data
     "rotate": Setting(10.0, "random rotation, ± degrees, drawn per image on the device",
                       number(0, 180, high_open=False), label="rotate ±{}°"),
@@ -133,10 +134,24 @@ SETTINGS: dict[str, Setting] = {
     # The training
     "pct_start": Setting(0.2, "OneCycle's share of steps spent warming up to the peak", number(0, 1, low_open=True),
                          label="warm-up {}", absent=0.2),
+    "anneal_from": Setting(None, "None: OneCycle's cosine runs to the last step; an epoch k: from k's first step the "
+                           "LR leaves it for a faster cosine, from where it is to lr_floor x the peak, reached after "
+                           "anneal_epochs epochs and held to the end (OneCycle's own is still at 37-25 % of the peak "
+                           "in epoch 11, where the last five epochs' minimum mostly falls)",
+                           integer(2, MAX_EPOCHS, optional=True), label="fast anneal from epoch {}",
+                           off="OneCycle's cosine to the end"),
+    "anneal_epochs": Setting(2, "how many epochs the fast anneal takes to reach its floor", integer(1, MAX_EPOCHS),
+                             label="over {} epoch(s)", absent=2, applies_with="anneal_from"),
+    "lr_floor": Setting(0.01, "the LR the fast anneal holds at its end, as a share of the peak: every epoch still "
+                        "trains", number(0, 1, low_open=True), label="to {} x the peak", absent=0.01,
+                        applies_with="anneal_from"),
     "weight_decay": Setting(0.0, "SGD's L2 penalty; none: augmentation regularizes enough", number(0, 1),
                             label="weight decay {}", absent=0.0),
     "label_smoothing": Setting(0.0, "share of the target spread over the other classes; screened no better",
                                number(0, 1), label="label smoothing {}", absent=0.0),
+    "grad_clip": Setting(None, "rescale each step's gradient to at most this L2 norm over all weights, so no "
+                         "single batch jolts the weights; None: no clipping (the final has none)",
+                         number(0, 1e6, low_open=True, optional=True), label="grad clip {}", off="no grad clip"),
     "ema_decay": Setting(0.9998, "the tested weights are an average, updated every step with decay "
                          "min(this, (1+n)/(10+n)): at batch 32 the warm-up ramp never reaches 0.9998 in 15 epochs, so "
                          "the average spans the last ~11 % of the steps, growing with the run; it gave a lower test "
@@ -172,6 +187,11 @@ class Recipe:
         if values.get("clean_from") is not None and epochs is not None and values["clean_from"] > epochs:
             raise ValueError(f"clean_from must be None or an epoch between 1 and {epochs} (the run's epochs), "
                              f"got {values['clean_from']!r}")
+        if values.get("anneal_from") is not None and epochs is not None:
+            last = values["anneal_from"] + values.get("anneal_epochs", SETTINGS["anneal_epochs"].default) - 1
+            if last > epochs:
+                raise ValueError(f"anneal_from + anneal_epochs - 1 must be at most the run's {epochs} epochs: the fast "
+                                 f"anneal would end in epoch {last}")
         if values.get("extra_ema_decays") and values.get("ema_decay", SETTINGS["ema_decay"].default) is None:
             raise ValueError("extra_ema_decays needs ema_decay: the run's own average is the one kept")
         if "arch" in values:  # the model builds with these settings, or says why not
@@ -227,20 +247,27 @@ def comparable(config: dict) -> dict:
 
 def final_training(model, recipe: Recipe, steps_per_epoch: int, epochs: int | None = None):
     """Nesterov SGD (momentum 0.9, the recipe's weight decay) and OneCycleLR to the recipe's peak,
-    stepped every batch: ``(optimizer, scheduler)``. ``epochs``: the schedule's length when it is
-    not the recipe's (a smoke run's 1)."""
+    stepped every batch, with the recipe's fast anneal if it has one: ``(optimizer, scheduler)``.
+    ``epochs``: the schedule's length when it is not the recipe's (a smoke run's 1, which ends
+    before a fast anneal starts)."""
     import torch
+
+    from .schedule import FastAnnealOneCycleLR
 
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9, nesterov=True,
                                 weight_decay=recipe.weight_decay if "weight_decay" in recipe else 0.0)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, epochs=epochs or recipe.epochs,
-                                                    steps_per_epoch=steps_per_epoch, pct_start=recipe.pct_start)
-    return optimizer, scheduler
+    onecycle = dict(max_lr=recipe.lr, epochs=epochs or recipe.epochs, steps_per_epoch=steps_per_epoch,
+                    pct_start=recipe.pct_start)
+    if recipe.config.get("anneal_from") is None:
+        return optimizer, torch.optim.lr_scheduler.OneCycleLR(optimizer, **onecycle)
+    return optimizer, FastAnnealOneCycleLR(optimizer, anneal_start=(recipe.anneal_from - 1) * steps_per_epoch,
+                                           anneal_steps=recipe.anneal_epochs * steps_per_epoch,
+                                           floor=recipe.lr_floor, **onecycle)
 
 
 def fit_settings(recipe: Recipe) -> dict:
-    """``utils.fit``'s keyword arguments that come from the recipe (averaging, label smoothing)."""
-    return {name: getattr(recipe, name) for name in ("ema_decay", "extra_ema_decays", "label_smoothing")
+    """``utils.fit``'s keyword arguments that come from the recipe (averaging, label smoothing, clipping)."""
+    return {name: getattr(recipe, name) for name in ("ema_decay", "extra_ema_decays", "label_smoothing", "grad_clip")
             if name in recipe}
 
 
@@ -259,6 +286,9 @@ def describe(model, optimizer, scheduler=None) -> dict:
         warm_up_end = scheduler._schedule_phases[0]["end_step"]  # pct_start * total_steps - 1
         pct_start = round((warm_up_end + 1) / scheduler.total_steps, 6)
         built["scheduler"] = f"OneCycleLR(max_lr={optimizer.param_groups[0]['max_lr']}, pct_start={pct_start})"
+        if hasattr(scheduler, "anneal_start"):
+            first, last = scheduler.anneal_start, scheduler.anneal_start + scheduler.anneal_steps - 1
+            built["scheduler"] += f" then a cosine to {scheduler.floor} x the peak over steps {first}-{last}"
     else:
         built["scheduler"] = None if scheduler is None else type(scheduler).__name__
     return built

@@ -30,7 +30,7 @@ STEPS = {
     "03_regularized": ("Regularized", "< 8k, regularize", "BN, dropout 0.05, ±7° rotation, GAP head"),
     "04_lr_scheduled": ("LR-scheduled", "≥ 99.40 % last 5, < 8k", "OneCycleLR (peak 0.1), Nesterov"),
     "05_final": ("Final", "≥ 99.40 % last 5, ≤ 6k (aim 5k)",
-                 "5,892 params, batch 32, EMA to the end, clean tail from epoch 10"),
+                 "4,976 params, depthwise-separable, shift-only BN, batch 32, clean tail from epoch 10"),
 }
 
 
@@ -122,19 +122,22 @@ def seeds_table(path: Path) -> str:
                      + (f"; **margin** (mean − 2 std of those minima) **{search.format_margin(m)} %**, "
                         f"{'≥' if m >= BAR else '<'} {BAR:.2f}." if m is not None else "."))
         lines.append("")
-    if s.get("wall_seconds") and s["finished"]:
+    ran = sum(not r.get("resumed") for r in s["runs"])  # runs read with --resume took no time here
+    if s.get("wall_seconds") and s["finished"] and ran:
         single = path.parent / "05_final.json"
         alone = ""
         if single.exists():
             seconds = load_results(single)["summary"]["seconds"]
             alone = (f" The main job's run of the same notebook spent {seconds:.0f} s training "
                      f"(`results/05_final.json`).")
+        read = (f"; {len(s['runs']) - ran} more run(s) were read from an earlier batch (`--resume`), "
+                f"which this time leaves out" if ran < len(s["runs"]) else "")
         if s.get("merged_from"):  # parts may have run side by side: their wall times add up to no wall time
             timing = (f"Run time: {s['wall_seconds']:.0f} s summed over the {len(s['merged_from'])} invocations "
-                      f"merged into this study (≈ {s['wall_seconds'] / len(s['runs']):.0f} s per run).")
+                      f"merged into this study for {ran} runs (≈ {s['wall_seconds'] / ran:.0f} s per run){read}.")
         else:
-            timing = (f"Wall time: {s['wall_seconds']:.0f} s for {len(s['runs'])} runs with `--jobs {s['jobs']}` "
-                      f"(≈ {s['wall_seconds'] / len(s['runs']):.0f} s per run).")
+            timing = (f"Wall time: {s['wall_seconds']:.0f} s for {ran} runs with `--jobs {s['jobs']}` "
+                      f"(≈ {s['wall_seconds'] / ran:.0f} s per run){read}.")
         lines += [timing + alone, ""]
     return "\n".join(lines + rows)
 

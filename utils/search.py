@@ -43,8 +43,8 @@ def recipe_differences(config: dict, reference: dict) -> str:
     for name, setting in SETTINGS.items():
         if setting.label is None or mine[name] == theirs[name]:
             continue
-        if name == "dropout_kind" and not mine.get("dropout"):
-            continue  # no dropout: its kind does not matter
+        if setting.applies_with and not mine.get(setting.applies_with):
+            continue  # e.g. no dropout: its kind does not matter
         off = setting.off or setting.label.format("off")
         diffs.append(off if mine[name] is None else setting.label.format(mine[name]))
     return ", ".join(diffs) or "same"

@@ -87,11 +87,12 @@ def seed_everything(seed: int) -> None:
 
 
 def train_epoch(model, loader, optimizer, scheduler=None, progress=True, desc="train", ema=None,
-                label_smoothing=0.0):
+                label_smoothing=0.0, grad_clip=None):
     """One pass over ``loader``; steps a per-batch scheduler and the EMA copy (or a list of them) if given.
 
     ``label_smoothing`` > 0 trains against targets that give that much mass to the other classes
     (the model returns log-probabilities, which cross_entropy takes as logits unchanged).
+    ``grad_clip``: rescale each batch's gradient to at most this L2 norm over all weights (None: not touched).
 
     Returns (loss, accuracy %) of the live model on the (augmented) training batches.
     """
@@ -103,6 +104,8 @@ def train_epoch(model, loader, optimizer, scheduler=None, progress=True, desc="t
         out = model(x)
         loss = F.cross_entropy(out, y, label_smoothing=label_smoothing) if label_smoothing else F.nll_loss(out, y)
         loss.backward()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
         for average in ([] if ema is None else ema if isinstance(ema, list) else [ema]):
             average.update_parameters(model)
@@ -142,7 +145,7 @@ def _ema_with_warmup(decay: float):
 
 
 def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None, ema_decay=None,
-        label_smoothing=0.0, progress=True, log=print, extra_ema_decays=()):
+        label_smoothing=0.0, progress=True, log=print, extra_ema_decays=(), grad_clip=None):
     """Train for ``epochs`` epochs; return the history, one dict per epoch.
 
     ``scheduler``: OneCycleLR and CyclicLR step every batch, others every epoch (ReduceLROnPlateau
@@ -150,7 +153,7 @@ def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None, ema
     ``ema_decay`` (e.g. 0.999): keep an exponential moving average of the weights, updated every
     step, and test that average instead of the last weights; at the end the model holds it.
     Averaging smooths the step-to-step noise of SGD, so test accuracy wobbles less between epochs.
-    ``label_smoothing``: see ``train_epoch``.
+    ``label_smoothing``, ``grad_clip``: see ``train_epoch``.
     ``extra_ema_decays``: more averages of the same run, each updated every step and tested every
     epoch (``row["averages"][str(decay)]``), none of them changing the training: one run then
     compares averages on a single trajectory. Needs ``ema_decay``.
@@ -177,7 +180,7 @@ def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None, ema
                                             scheduler if scheduler_per_batch else None,
                                             progress=progress, desc=f"epoch {epoch}",
                                             ema=[ema, *extras.values()] if extras else ema,
-                                            label_smoothing=label_smoothing)
+                                            label_smoothing=label_smoothing, grad_clip=grad_clip)
         test_loss, test_acc = evaluate(ema.module if ema is not None else model, test_loader)
         averages = {}
         for name, average in extras.items():
