@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -384,3 +385,32 @@ def test_resume_runs_again_what_an_earlier_batch_did_not_finish_as_planned(tiny_
     summary = batch.run_batch(tiny_notebook, [0], [["epochs", "3"]], out_dir=out, resume=True)
     assert summary["finished"] == 1 and "resumed" not in summary["runs"][0], why
     assert summary["runs"][0]["epochs"] == 3
+
+
+def _makefile_batches() -> list[list[str]]:
+    """The arguments of every `$(BATCH) ...` command of the Makefile (continued lines joined)."""
+    text = (batch.REPO / "Makefile").read_text().replace("\\\n", " ")
+    return [shlex.split(line.split("$(BATCH)", 1)[1]) for line in text.splitlines()
+            if line.startswith("\t$(BATCH)")]
+
+
+def test_every_batch_command_of_the_makefile_passes_the_runners_checks():
+    """`make seeds`, `make heldout` and `make ablation` fail only after hours if a parameter is wrong:
+    the runner's own checks, run here on each command's seeds and grid, catch it at once."""
+    commands = _makefile_batches()
+    assert len(commands) >= 5
+    for args in commands:
+        seeds, grid, i = [], [], 0
+        while i < len(args):
+            if args[i] == "--seeds":
+                while i + 1 < len(args) and not args[i + 1].startswith("-"):
+                    seeds.append(int(args[i + 1]))
+                    i += 1
+            elif args[i] == "-p":
+                grid.append([])
+                while i + 1 < len(args) and not args[i + 1].startswith("--") and args[i + 1] != "-p":
+                    grid[-1].append(args[i + 1])
+                    i += 1
+            i += 1
+        runs = batch.plan_runs(batch.REPO / "notebooks" / "05_final.ipynb", seeds, grid)
+        assert len(runs) == len(seeds), args

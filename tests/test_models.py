@@ -13,7 +13,8 @@ EXPECTED_PARAMS = {"skeleton": 15042, "lighter": 8870, "regularized": 7624, "fin
 ARCH_PARAMS = {"slim": 4808, "twopool": 4808, "twopool_small": 4444, "twopool_wide": 5824, "separable": 4392,
                "separable_small": 3440, "gap7624": 7624, "onepool_narrow": 5892, "twopool_three": 5764,
                "onepool_small": 4964, "separable_wide": 4880, "separable_shiftbn": 4976,
-               "separable_wide_shiftbn": 4576, "separable_shiftbn_pad": 4976}
+               "separable_wide_shiftbn": 4576, "separable_shiftbn_pad": 4976,
+               "separable_wide_shiftbn_pad": 4576, "separable_narrow_pad2": 3848}
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

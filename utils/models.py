@@ -228,6 +228,11 @@ ARCHS = {
     # separable_shiftbn's weights with the first block padded: every later map 2 pixels wider, more
     # multiply-adds (648k against 538k) on the same 4,976 parameters, and a 6x6 map into the head.
     "separable_shiftbn_pad": "shiftbn c8 c8 M d24p d32 d32 d32",  # 4,976
+    # Toward 4,000: padding paid at 4,976 (a narrower spread over seeds), so it goes on the smaller
+    # stacks. separable_wide_shiftbn padded, 606k multiply-adds against 511k:
+    "separable_wide_shiftbn_pad": "shiftbn c8 c8 M d16p d32 d32 d32",  # 4,576
+    # Two blocks padded keep the 12x12 map twice: narrower blocks at about the final's 648k multiply-adds.
+    "separable_narrow_pad2": "shiftbn c8 c8 M d16p d24p d28 d32",  # 3,848
 }
 FINAL_ARCH = "separable_shiftbn_pad"
 
