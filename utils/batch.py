@@ -120,9 +120,9 @@ def code_cells(nb) -> list[str]:
             if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]
 
 
-def finished_before(notebook: Path, task: dict) -> dict | None:
+def finished_before(notebook: Path, code: list[str], task: dict) -> dict | None:
     """The record of ``task``'s run if an earlier batch finished it in the same folder (``--resume``):
-    its executed copy ran to the end without an error, on the same code cells as ``notebook`` and
+    its executed copy ran to the end without an error, on ``code`` (``notebook``'s code cells) and
     with the same parameters, and its results hold every planned epoch. None: it must run."""
     try:
         executed = nbformat.read(task["run_dir"] / notebook.name, as_version=4)
@@ -133,7 +133,7 @@ def finished_before(notebook: Path, task: dict) -> dict | None:
                                      "images_dir": str(task["run_dir"] / "images")}))  # as the copy keeps them
     results = read_results(task["run_dir"])
     if (meta.get("exception") or not meta.get("end_time") or meta.get("parameters") != planned or results is None
-            or code_cells(executed) != code_cells(nbformat.read(notebook, as_version=4))
+            or code_cells(executed) != code
             or results["summary"]["epochs"] != task["epochs"]
             or results.get("cpu", {}).get("threads", task["kwargs"]["threads"]) != task["kwargs"]["threads"]):
         return None
@@ -295,8 +295,9 @@ def run_batch(notebook, seeds, grid=(), jobs=None, out_dir=REPO / "runs", summar
     base = Path(out_dir).resolve() / notebook.stem
     tasks = [run_task(notebook, base, r, threads) for r in runs]
     records: list[dict] = []
+    code = code_cells(nbformat.read(notebook, as_version=4)) if resume else []  # read once, not per run
     for task in tasks if resume else []:
-        record = finished_before(notebook, task)
+        record = finished_before(notebook, code, task)
         if record:
             records.append({"run": task["name"], **record})
             print(f"{task['name']}: finished before, read from {relative(task['run_dir'])}")
