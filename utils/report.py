@@ -131,7 +131,7 @@ def seeds_table(path: Path) -> str:
             alone = (f" The main job's run of the same notebook spent {seconds:.0f} s training "
                      f"(`results/05_final.json`).")
         read = (f"; {len(s['runs']) - ran} more run(s) were read from an earlier batch (`--resume`), "
-                f"which this time leaves out" if ran < len(s["runs"]) else "")
+                f"not timed here" if ran < len(s["runs"]) else "")
         if s.get("merged_from"):  # parts may have run side by side: their wall times add up to no wall time
             timing = (f"Run time: {s['wall_seconds']:.0f} s summed over the {len(s['merged_from'])} invocations "
                       f"merged into this study for {ran} runs (≈ {s['wall_seconds'] / ran:.0f} s per run){read}.")
