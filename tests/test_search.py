@@ -10,8 +10,8 @@ FINAL = dict(arch="twopool", layout="c8 c8 M c12 c12 M c16p", dropout=0.0, dropo
              pct_start=0.2, batch_size=128, seed=1)
 
 
-def _run(name, seed, last_min, holds, **changes):
-    return dict(run=name, status="ok", params=4808, final_test_acc=last_min + 0.02, last_min_test_acc=last_min,
+def _run(name, seed, last_min, holds, params=4808, **changes):
+    return dict(run=name, status="ok", params=params, final_test_acc=last_min + 0.02, last_min_test_acc=last_min,
                 best_test_acc=last_min + 0.05, holds_bar=holds, seconds_per_epoch=10.0 + seed,
                 config={**FINAL, **changes, "seed": seed})
 
@@ -109,7 +109,7 @@ def test_ablation_table_compares_on_the_same_seeds(tmp_path):
 
 def test_an_ablation_of_an_earlier_final_stays_paired_with_that_finals_runs(tmp_path):
     save_json(tmp_path / "05_final.json", dict(config={**FINAL, "arch": "separable_wide"}))
-    save_json(tmp_path / "seeds.json", dict(runs=[_run(f"seed{s}", s, 99.55, True, arch="separable_wide")
+    save_json(tmp_path / "seeds.json", dict(runs=[_run(f"seed{s}", s, 99.55, True, 4880, arch="separable_wide")
                                                   for s in range(10)]))
     save_json(tmp_path / "seeds_4808_heldout.json", dict(runs=[_run(f"seed{s}", s, 99.50, True) for s in (400, 401)]))
     save_json(tmp_path / "seeds_4808_seeds.json", dict(runs=[_run(f"seed{s}", s, 99.45, True) for s in range(5)]))
@@ -190,13 +190,13 @@ def test_averages_table_lists_every_average_of_such_studies(tmp_path):
 def test_ablations_of_two_finals_each_stay_paired_with_their_own_runs(tmp_path):
     """A new final gets ablated afresh; the earlier final's ablations keep their block, after today's."""
     save_json(tmp_path / "05_final.json", dict(config={**FINAL, "arch": "separable_wide"}))
-    save_json(tmp_path / "seeds.json", dict(runs=[_run(f"seed{s}", s, 99.55, True, arch="separable_wide")
+    save_json(tmp_path / "seeds.json", dict(runs=[_run(f"seed{s}", s, 99.55, True, 4880, arch="separable_wide")
                                                   for s in range(10)]))
     save_json(tmp_path / "seeds_4808_seeds.json", dict(runs=[_run(f"seed{s}", s, 99.45, True) for s in range(5)]))
     save_json(tmp_path / "ablation_ema.json",
               dict(runs=[_run(f"seed{s}", s, 99.30, False, ema_decay=None) for s in range(3)]))
     save_json(tmp_path / "ablation_lr.json",
-              dict(runs=[_run(f"seed{s}", s, 99.50, True, arch="separable_wide", lr=0.2) for s in range(3)]))
+              dict(runs=[_run(f"seed{s}", s, 99.50, True, 4880, arch="separable_wide", lr=0.2) for s in range(3)]))
     lines = search.ablation_table(tmp_path).splitlines()
     assert lines[2].startswith("| nothing: the final recipe | `seeds.json` | 0–2 | 3/3 | 99.55 ± 0.00 |")
     assert lines[3].startswith("| peak LR 0.2 | `ablation_lr.json` | 0–2 | 3/3 | 99.50 ± 0.00 |")
@@ -204,8 +204,33 @@ def test_ablations_of_two_finals_each_stay_paired_with_their_own_runs(tmp_path):
                                "| `seeds_4808_seeds.json` | 0–2 |")
     assert lines[5].startswith("| EMA off | `ablation_ema.json` | 0–2 | 0/3 | 99.30 ± 0.00 |")
     save_json(tmp_path / "ablation_mixed.json", dict(runs=[_run("seed0", 0, 99.3, True),
-                                                           _run("seed1", 1, 99.3, True, arch="separable_wide")]))
+                                                           _run("seed1", 1, 99.3, True, 4880, arch="separable_wide")]))
     assert "does not ablate one net" in search.ablation_table(tmp_path)
+    (tmp_path / "ablation_mixed.json").unlink()
+    save_json(tmp_path / "ablation_slim.json", dict(runs=[_run("seed0", 0, 99.3, True, arch="slim")]))
+    assert "net name several archs" in search.ablation_table(tmp_path)  # whose final is the 4,808 block?
+
+
+def test_a_layout_ablation_of_the_same_size_joins_its_finals_block(tmp_path):
+    """Padding moves no parameter: the unpadded twin (another arch, same count) ablates today's final."""
+    padded = dict(arch="separable_shiftbn_pad", layout="shiftbn c8 c8 M d24p d32 d32 d32")
+    save_json(tmp_path / "05_final.json", dict(config={**FINAL, **padded}))
+    save_json(tmp_path / "seeds.json", dict(runs=[_run(f"seed{s}", s, 99.55, True, **padded) for s in range(10)]))
+    save_json(tmp_path / "ablation_ema.json",
+              dict(runs=[_run(f"seed{s}", s, 99.30, False, ema_decay=None, **padded) for s in range(3)]))
+    unpadded = dict(arch="separable_shiftbn", layout="shiftbn c8 c8 M d24 d32 d32 d32")
+    save_json(tmp_path / "ablation_no_padding.json",
+              dict(runs=[_run(f"seed{s}", s, 99.44, True, **unpadded) for s in range(3)]))
+    lines = search.ablation_table(tmp_path).splitlines()
+    assert len(lines) == 5 and lines[2].startswith("| nothing: the final recipe | `seeds.json` | 0–2 | 3/3 | 99.55")
+    assert lines[3].startswith("| EMA off | `ablation_ema.json` |")
+    assert lines[4].startswith("| layout `shiftbn c8 c8 M d24 d32 d32 d32` (`separable_shiftbn`) "
+                               "| `ablation_no_padding.json` | 0–2 | 3/3 | 99.44 ± 0.00 |")
+    # a layout ablation that also changes a setting says both
+    save_json(tmp_path / "ablation_no_padding.json",
+              dict(runs=[_run(f"seed{s}", s, 99.44, True, lr=0.2, **unpadded) for s in range(3)]))
+    assert "| layout `shiftbn c8 c8 M d24 d32 d32 d32` (`separable_shiftbn`), peak LR 0.2 |" in \
+        search.ablation_table(tmp_path)
 
 
 def test_a_seed_studys_time_per_run_counts_only_the_runs_it_ran(tmp_path):

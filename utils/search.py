@@ -166,8 +166,11 @@ def ablation_table(results_dir: Path) -> str:
     """One row per ablation study (``results/ablation_*.json``) next to the runs of the recipe it
     ablated on the same seeds (the seed study of that net, ``ablated_final``), and one row per extra
     average those runs tested (``extra_ema_decays``): the same runs judged through that average, so
-    no run of its own. Ablations of an earlier final stay in a block of their own, paired with that
-    final's runs, after today's; such a block's first row names its net."""
+    no run of its own. Studies are grouped by the final they ablate, told by its parameter count:
+    an ablation keeps the net's size (a layout ablation like padding moves no parameter), so a study
+    of another arch with the final's count is that final's layout ablation. Ablations of an earlier
+    final stay in a block of their own, paired with that final's runs, after today's; such a block's
+    first row names its net."""
     final, seeds = results_dir / "05_final.json", results_dir / "seeds.json"
     paths = sorted(results_dir.glob("ablation_*.json"))
     if not (paths and final.exists() and seeds.exists()):
@@ -175,18 +178,27 @@ def ablation_table(results_dir: Path) -> str:
     if any("config" not in r for r in load_results(seeds)["runs"]):
         return "_The saved seed study predates per-run configs: run `make seeds`, then the ablation table follows._"
     final_config = load_results(final)["config"]
-    by_net: dict[str, list[tuple[str, dict]]] = {}
+    final_params = load_results(seeds)["runs"][0]["params"]
+    by_size: dict[int, list[tuple[str, dict]]] = {}
     for path in paths:
         study = load_results(path)
-        archs = {r["config"].get("arch") for r in study["runs"] if r["status"] == "ok"}
-        if len(archs) != 1:
+        ok = [r for r in study["runs"] if r["status"] == "ok"]
+        if len({r["config"].get("arch") for r in ok}) != 1 or len({r["params"] for r in ok}) != 1:
             return f"_`{path.name}` does not ablate one net: run `make ablation` on one final._"
-        by_net.setdefault(archs.pop(), []).append((path.name, study))
+        by_size.setdefault(ok[0]["params"], []).append((path.name, study))
     rows = ["| what changes | study | seeds | hold | last-5 min (mean ± std) | worst | final test (mean) |",
             "|---|---|---|:-:|--:|--:|--:|"]
     cache: dict = {}
-    for arch in sorted(by_net, key=lambda a: a != final_config.get("arch")):  # today's final first
-        block = _ablation_rows(results_dir, final_config, arch, by_net[arch], cache)
+    for size in sorted(by_size, key=lambda n: n != final_params):  # today's final first
+        archs = {r["config"].get("arch") for _, s in by_size[size] for r in s["runs"] if r["status"] == "ok"}
+        if size == final_params:
+            arch = final_config.get("arch")
+        elif len(archs) == 1:
+            arch = archs.pop()
+        else:
+            return (f"_The ablations of the {size:,}-parameter net name several archs: "
+                    "only today's final has layout ablations._")
+        block = _ablation_rows(results_dir, final_config, arch, by_size[size], cache)
         if block is None:
             return "_No seed study of the ablated recipe is saved: run `make seeds` and `make ablation` on one final._"
         rows += block
@@ -213,6 +225,8 @@ def _ablation_rows(results_dir: Path, final_config: dict, arch: str, studies: li
             r = candidate_row(runs, reference, cache)
             final_mean = statistics.mean(x["final_test_acc"] for x in runs)
             label = nothing if summary is base else r["recipe"]
+            if r["arch"] != arch:  # a layout ablation: same size, another arrangement
+                label = f"layout `{r['layout']}` (`{r['arch']}`)" + ("" if label == "same" else f", {label}")
             if summary is not base and name == base_name:
                 label += " (the same runs, through this average)"
             rows.append(f"| {label} | `{name}` | {_seeds(r['seeds'])} | {r['holding']}/{r['runs']} "
