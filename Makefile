@@ -45,7 +45,7 @@ heldout: $(READY)
 # What each ingredient of the final recipe buys: one change per study, seeds 0-2. The average's horizon
 # needs no study: every run of the seed study also tests round 3's shorter average (extra_ema_decays).
 # Without an average there is no extra one either (extra_ema_decays [], which the recipe's check asks for).
-# Round 4's own lever, the padded first separable conv, is ablated by its unpadded twin (same 4,976 parameters).
+# Round 4's own lever, the padded first separable block, is ablated by its unpadded twin (same 4,976 parameters).
 ablation: $(READY)
 	$(BATCH) --seeds 0 1 2 -p clean_from None --out runs/ablation_tail --summary results/ablation_4976_tail_off.json
 	$(BATCH) --seeds 0 1 2 -p ema_decay None -p extra_ema_decays "[]" --out runs/ablation_ema --summary results/ablation_4976_ema_off.json
