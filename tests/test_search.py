@@ -99,7 +99,8 @@ def test_frontier_points_and_plot(tmp_path):
 
 def test_ablation_table_compares_on_the_same_seeds(tmp_path):
     save_json(tmp_path / "05_final.json", dict(config=FINAL))
-    save_json(tmp_path / "seeds.json", dict(runs=[_run(f"seed{s}", s, 99.45, True) for s in range(5)]))
+    failed = dict(run="seed9", status="failed", config={**FINAL, "seed": 9})  # a crashed run has no params
+    save_json(tmp_path / "seeds.json", dict(runs=[failed, *[_run(f"seed{s}", s, 99.45, True) for s in range(5)]]))
     save_json(tmp_path / "ablation_ema.json",
               dict(runs=[_run(f"seed{s}", s, 99.30, False, ema_decay=None) for s in range(3)]))
     lines = search.ablation_table(tmp_path).splitlines()

@@ -178,7 +178,7 @@ def ablation_table(results_dir: Path) -> str:
     if any("config" not in r for r in load_results(seeds)["runs"]):
         return "_The saved seed study predates per-run configs: run `make seeds`, then the ablation table follows._"
     final_config = load_results(final)["config"]
-    final_params = load_results(seeds)["runs"][0]["params"]
+    final_params = next((r["params"] for r in load_results(seeds)["runs"] if r["status"] == "ok"), None)
     by_size: dict[int, list[tuple[str, dict]]] = {}
     for path in paths:
         study = load_results(path)
