@@ -175,26 +175,29 @@ def ablation_table(results_dir: Path) -> str:
     paths = sorted(results_dir.glob("ablation_*.json"))
     if not (paths and final.exists() and seeds.exists()):
         return "_No ablation saved yet._"
-    if any("config" not in r for r in load_results(seeds)["runs"]):
+    seed_runs = load_results(seeds)["runs"]
+    if any("config" not in r for r in seed_runs):
         return "_The saved seed study predates per-run configs: run `make seeds`, then the ablation table follows._"
     final_config = load_results(final)["config"]
-    final_params = next((r["params"] for r in load_results(seeds)["runs"] if r["status"] == "ok"), None)
+    final_params = next((r["params"] for r in seed_runs if r["status"] == "ok"), None)
     by_size: dict[int, list[tuple[str, dict]]] = {}
+    archs_by_size: dict[int, set[str]] = {}
     for path in paths:
         study = load_results(path)
         ok = [r for r in study["runs"] if r["status"] == "ok"]
         if len({r["config"].get("arch") for r in ok}) != 1 or len({r["params"] for r in ok}) != 1:
             return f"_`{path.name}` does not ablate one net: run `make ablation` on one final._"
         by_size.setdefault(ok[0]["params"], []).append((path.name, study))
+        archs_by_size.setdefault(ok[0]["params"], set()).add(ok[0]["config"].get("arch"))
     rows = ["| what changes | study | seeds | hold | last-5 min (mean ± std) | worst | final test (mean) |",
             "|---|---|---|:-:|--:|--:|--:|"]
     cache: dict = {}
     for size in sorted(by_size, key=lambda n: n != final_params):  # today's final first
-        archs = {r["config"].get("arch") for _, s in by_size[size] for r in s["runs"] if r["status"] == "ok"}
+        archs = archs_by_size[size]
         if size == final_params:
             arch = final_config.get("arch")
         elif len(archs) == 1:
-            arch = archs.pop()
+            arch = next(iter(archs))
         else:
             return (f"_The ablations of the {size:,}-parameter net name several archs: "
                     "only today's final has layout ablations._")
