@@ -61,6 +61,8 @@ def _nothing_written(tmp_path):
     (dict(extra_ema_decays=[1.0]), "extra_ema_decays entry"),
     (dict(extra_ema_decays=[0.9, 0.9]), "twice"),
     (dict(ema_decay=None, extra_ema_decays=[0.9]), "needs ema_decay"),
+    (dict(memory_format="channels_first"), "memory_format must be one of 'contiguous', 'channels_last'"),
+    (dict(memory_format=None), "memory_format must be one of"),
 ])
 def test_a_bad_setting_fails_before_any_file(changes, message, tmp_path, monkeypatch):
     monkeypatch.delenv("MNIST_SMOKE", raising=False)
@@ -237,3 +239,13 @@ def test_start_run_leaves_the_random_stream_where_the_seed_puts_it(tmp_path, mon
     after_start = torch.rand(4)
     torch.manual_seed(3)
     assert torch.equal(after_start, torch.rand(4))
+
+
+def test_memory_format_is_fit_s_and_old_records_read_as_contiguous():
+    from utils.recipe import comparable, fit_settings
+
+    assert fit_settings(Recipe.final())["memory_format"] == "channels_last"
+    assert "memory_format" not in fit_settings(Recipe(lr=0.1))  # a recipe without it: fit's default
+    old = {k: v for k, v in Recipe.final().config.items() if k != "memory_format"}
+    assert comparable(old)["memory_format"] == "contiguous"  # the layout every earlier run had
+    assert comparable(Recipe.final().config)["memory_format"] == "channels_last"

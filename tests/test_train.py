@@ -162,3 +162,67 @@ def test_grad_clip_bounds_every_step_and_none_leaves_the_run_alone(small_mnist):
     assert max(free) > 0.05  # the unclipped steps are larger than the clip, so clipping has work to do
     assert all(move <= 0.05 * 1.001 for move in clipped)
     assert steps(1e6) == free  # a clip never reached changes nothing
+
+
+def test_foreach_average_is_bit_equal_to_the_per_tensor_one(small_mnist):
+    """The foreach EMA (``ema_multi_avg_fn``, what ``fit`` uses) and the per-tensor ``ema_avg_fn`` every
+    run before it used give the same bits, weights and batch-norm buffers (the integer batch count too),
+    over real training steps of the final net in both memory formats."""
+    from torch.optim.swa_utils import AveragedModel
+
+    from utils.train import ema_avg_fn, ema_multi_avg_fn, train_epoch
+
+    x, y, _, _ = small_mnist
+    for layout in (torch.contiguous_format, torch.channels_last):
+        seed_everything(0)
+        model = final_net().to(memory_format=layout)
+        per_tensor = AveragedModel(model, avg_fn=ema_avg_fn(0.9998), use_buffers=True)
+        foreach = AveragedModel(model, multi_avg_fn=ema_multi_avg_fn(0.9998), use_buffers=True)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+        train = DeviceLoader(x, y, batch_size=32, seed=0, rotate=10, translate=0.05, scale=0.05)
+        for _ in range(2):  # 32 steps: past the first update, which copies
+            train_epoch(model, train, opt, progress=False, ema=[per_tensor, foreach], memory_format=layout)
+        mine, theirs = foreach.module.state_dict(), per_tensor.module.state_dict()
+        assert list(mine) == list(theirs)
+        assert all(torch.equal(mine[k], theirs[k]) and mine[k].dtype == theirs[k].dtype for k in mine)
+        assert any(v.dtype == torch.int64 for v in mine.values())  # the integer buffers were averaged too
+        assert not torch.equal(mine["features.0.0.weight"], model.state_dict()["features.0.0.weight"])
+
+
+def _layout_run(small_mnist, memory_format, **extra):
+    x, y, xt, yt = small_mnist
+    seed_everything(0)
+    model = final_net()
+    train = DeviceLoader(x, y, batch_size=32, seed=0, rotate=10, translate=0.05, scale=0.05)
+    test = DeviceLoader(xt, yt, batch_size=128, shuffle=False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+    history = fit(model, train, test, opt, 2, ema_decay=0.9998, progress=False, log=None,
+                  memory_format=memory_format, **extra)
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+    return strip, model
+
+
+def test_a_channels_last_run_repeats_itself_bit_for_bit(small_mnist):
+    first, model = _layout_run(small_mnist, "channels_last")
+    again, model_again = _layout_run(small_mnist, "channels_last")
+    assert first == again
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), model_again.state_dict().values()))
+    # the weights whose two layouts differ (a 1x1 or one-input-channel filter reads the same in both)
+    convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[1] > 1
+             and m.kernel_size != (1, 1)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in convs)
+    contiguous, _ = _layout_run(small_mnist, "contiguous")
+    assert contiguous != first  # another summation order: a new draw of the same run
+    assert [r["epoch"] for r in contiguous] == [1, 2]
+
+
+def test_an_unknown_memory_format_stops_fit_before_any_step(small_mnist):
+    x, y, xt, yt = small_mnist
+    model = final_net()
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    train, test = DeviceLoader(x, y, batch_size=32), DeviceLoader(xt, yt, batch_size=128, shuffle=False)
+    for bad in ("channels_first", None, torch.channels_last):
+        with pytest.raises(ValueError, match="memory_format must be one of 'contiguous', 'channels_last'"):
+            fit(model, train, test, opt, 1, progress=False, log=None, memory_format=bad)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

@@ -157,9 +157,15 @@ SETTINGS: dict[str, Setting] = {
                          "the average spans the last ~11 % of the steps, growing with the run; it gave a lower test "
                          "loss than 0.9995 on 9 of 10 seeds (None: test the raw weights)",
                          number(0, 1, low_open=True, optional=True), label="EMA {}"),
-    "extra_ema_decays": Setting([0.9995], "more averages tested alongside each epoch, recorded beside the run's own: "
-                                "they change no training; 0.9995 is round 3's, to show what the longer one buys",
+    "extra_ema_decays": Setting([], "more averages tested alongside each epoch, recorded beside the run's own: "
+                                "they change no training, and each costs about 7 % of an epoch, so the final has "
+                                "none; a study that compares horizons asks for them (round 3's 0.9995)",
                                 decays, absent=[]),
+    # The arithmetic
+    "memory_format": Setting("channels_last", "how 4-d tensors are laid out: channels-last lets oneDNN run faster "
+                             "convolution kernels on these tiny channel counts (docs/performance.md); it changes the "
+                             "summation order, so runs recorded before it existed were 'contiguous'",
+                             one_of("contiguous", "channels_last"), label="memory {}", absent="contiguous"),
 }
 
 
@@ -265,10 +271,13 @@ def final_training(model, recipe: Recipe, steps_per_epoch: int, epochs: int | No
                                            floor=recipe.lr_floor, **onecycle)
 
 
+FIT_SETTINGS = ("ema_decay", "extra_ema_decays", "label_smoothing", "grad_clip", "memory_format")
+
+
 def fit_settings(recipe: Recipe) -> dict:
-    """``utils.fit``'s keyword arguments that come from the recipe (averaging, label smoothing, clipping)."""
-    return {name: getattr(recipe, name) for name in ("ema_decay", "extra_ema_decays", "label_smoothing", "grad_clip")
-            if name in recipe}
+    """``utils.fit``'s keyword arguments that come from the recipe (averaging, label smoothing, clipping,
+    memory format)."""
+    return {name: getattr(recipe, name) for name in FIT_SETTINGS if name in recipe}
 
 
 def describe(model, optimizer, scheduler=None) -> dict:

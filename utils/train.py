@@ -86,13 +86,28 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# How a run lays out its 4-d tensors (the recipe's ``memory_format``). On the series' tiny channel
+# counts, channels-last lets oneDNN run its faster convolution kernels (docs/performance.md); it
+# changes the summation order, so a run's bits depend on it.
+MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+def memory_format_of(name: str) -> torch.memory_format:
+    """torch's memory format for a recipe name; a ValueError for an unknown one."""
+    try:
+        return MEMORY_FORMATS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"memory_format must be one of {', '.join(map(repr, MEMORY_FORMATS))}, got {name!r}") from None
+
+
 def train_epoch(model, loader, optimizer, scheduler=None, progress=True, desc="train", ema=None,
-                label_smoothing=0.0, grad_clip=None):
+                label_smoothing=0.0, grad_clip=None, memory_format=torch.contiguous_format):
     """One pass over ``loader``; steps a per-batch scheduler and the EMA copy (or a list of them) if given.
 
     ``label_smoothing`` > 0 trains against targets that give that much mass to the other classes
     (the model returns log-probabilities, which cross_entropy takes as logits unchanged).
     ``grad_clip``: rescale each batch's gradient to at most this L2 norm over all weights (None: not touched).
+    ``memory_format``: the layout each batch is put in before the model sees it (a no-op when it has it).
 
     Returns (loss, accuracy %) of the live model on the (augmented) training batches.
     """
@@ -100,6 +115,7 @@ def train_epoch(model, loader, optimizer, scheduler=None, progress=True, desc="t
     total_loss, correct, seen = 0.0, 0, 0
     bar = tqdm(loader, desc=desc, leave=False, disable=not progress)
     for x, y in bar:
+        x = x.contiguous(memory_format=memory_format)
         optimizer.zero_grad(set_to_none=True)
         out = model(x)
         loss = F.cross_entropy(out, y, label_smoothing=label_smoothing) if label_smoothing else F.nll_loss(out, y)
@@ -121,31 +137,63 @@ def train_epoch(model, loader, optimizer, scheduler=None, progress=True, desc="t
 
 
 @torch.no_grad()
-def evaluate(model, loader):
-    """Mean loss and accuracy % over ``loader`` in eval mode."""
+def evaluate(model, loader, memory_format=torch.contiguous_format):
+    """Mean loss and accuracy % over ``loader`` in eval mode, each batch in ``memory_format``."""
     model.eval()
     total_loss, correct, seen = 0.0, 0, 0
     for x, y in loader:
-        out = model(x)
+        out = model(x.contiguous(memory_format=memory_format))
         total_loss += F.nll_loss(out, y, reduction="sum")
         correct += (out.argmax(1) == y).sum()
         seen += len(y)
     return float(total_loss) / seen, 100.0 * float(correct) / seen
 
 
-def _ema_with_warmup(decay: float):
-    """EMA update whose decay ramps up over the first steps, so the average does not start out
-    dominated by the random initial weights: decay_n = min(decay, (1 + n) / (10 + n))."""
+def warmup_decay(decay: float, num_averaged) -> float:
+    """The EMA's decay at update ``num_averaged``: min(decay, (1 + n) / (10 + n)), ramping up so the
+    average does not start out dominated by the random initial weights."""
+    n = float(num_averaged)
+    return min(decay, (1 + n) / (10 + n))
+
+
+def ema_avg_fn(decay: float):
+    """``AveragedModel``'s per-tensor ``avg_fn`` for the warm-up EMA: one call per tensor per step
+    (the path of every run recorded before the foreach one; kept as the benchmark's baseline)."""
 
     def update(averaged, current, num_averaged):
-        d = min(decay, (1 + float(num_averaged)) / (10 + float(num_averaged)))
+        d = warmup_decay(decay, num_averaged)
         return averaged * d + current * (1 - d)
 
     return update
 
 
+def ema_multi_avg_fn(decay: float):
+    """The same EMA as ``ema_avg_fn``, as a ``multi_avg_fn``: a few foreach calls over all tensors of
+    one dtype, with the step count read once. The arithmetic is the same, rounding by rounding
+    (average x d, plus current x (1 - d)), so the weights are bit-equal (``tests/test_train.py``).
+    Integer buffers (batch norm's batch count) are truncated back into their dtype as ``copy_`` does."""
+
+    def update(averaged: list, current: list, num_averaged):
+        d = warmup_decay(decay, num_averaged)
+        if not averaged[0].is_floating_point():
+            for a, c in zip(averaged, current):
+                a.copy_(a * d + c * (1 - d))
+            return
+        weighted = torch._foreach_mul(current, 1 - d)
+        torch._foreach_mul_(averaged, d)
+        torch._foreach_add_(averaged, weighted)
+
+    return update
+
+
+def weight_average(model, decay: float) -> AveragedModel:
+    """The warm-up EMA of ``model``'s weights and batch-norm buffers, updated by ``update_parameters``."""
+    return AveragedModel(model, multi_avg_fn=ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None, ema_decay=None,
-        label_smoothing=0.0, progress=True, log=print, extra_ema_decays=(), grad_clip=None):
+        label_smoothing=0.0, progress=True, log=print, extra_ema_decays=(), grad_clip=None,
+        memory_format="contiguous"):
     """Train for ``epochs`` epochs; return the history, one dict per epoch.
 
     ``scheduler``: OneCycleLR and CyclicLR step every batch, others every epoch (ReduceLROnPlateau
@@ -157,17 +205,19 @@ def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None, ema
     ``extra_ema_decays``: more averages of the same run, each updated every step and tested every
     epoch (``row["averages"][str(decay)]``), none of them changing the training: one run then
     compares averages on a single trajectory. Needs ``ema_decay``.
+    ``memory_format``: "contiguous" or "channels_last" (``MEMORY_FORMATS``): the model is converted in
+    place before training (its parameters stay the optimizer's) and every batch is put in that layout.
     """
+    layout = memory_format_of(memory_format)
     scheduler_per_batch = isinstance(scheduler, PER_BATCH_SCHEDULERS)
     progress = progress and not os.environ.get(NO_BARS_ENV)
-    ema = None
-    if ema_decay is not None:
-        if not 0 < ema_decay < 1:
-            raise ValueError(f"ema_decay must be between 0 and 1, got {ema_decay}")
-        ema = AveragedModel(model, avg_fn=_ema_with_warmup(ema_decay), use_buffers=True)
-    if extra_ema_decays and ema is None:
+    if ema_decay is not None and not 0 < ema_decay < 1:
+        raise ValueError(f"ema_decay must be between 0 and 1, got {ema_decay}")
+    if extra_ema_decays and ema_decay is None:
         raise ValueError("extra_ema_decays needs ema_decay: the run's own average is the one kept")
-    extras = {str(d): AveragedModel(model, avg_fn=_ema_with_warmup(d), use_buffers=True) for d in extra_ema_decays}
+    model.to(memory_format=layout)  # in place, before the averages copy it
+    ema = None if ema_decay is None else weight_average(model, ema_decay)
+    extras = {str(d): weight_average(model, d) for d in extra_ema_decays}
     history = []
     set_epoch = getattr(train_loader, "set_epoch", None)  # a loader with a clean tail needs the epoch
     epoch_bar = tqdm(range(1, epochs + 1), desc="epochs", disable=not progress)
@@ -180,11 +230,12 @@ def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None, ema
                                             scheduler if scheduler_per_batch else None,
                                             progress=progress, desc=f"epoch {epoch}",
                                             ema=[ema, *extras.values()] if extras else ema,
-                                            label_smoothing=label_smoothing, grad_clip=grad_clip)
-        test_loss, test_acc = evaluate(ema.module if ema is not None else model, test_loader)
+                                            label_smoothing=label_smoothing, grad_clip=grad_clip,
+                                            memory_format=layout)
+        test_loss, test_acc = evaluate(ema.module if ema is not None else model, test_loader, layout)
         averages = {}
         for name, average in extras.items():
-            loss, acc = evaluate(average.module, test_loader)
+            loss, acc = evaluate(average.module, test_loader, layout)
             averages[name] = dict(test_loss=loss, test_acc=acc)
         seconds = time.perf_counter() - start
         if scheduler is not None and not scheduler_per_batch:
