@@ -1,40 +1,84 @@
-"""The benchmark on a tiny setting: it runs and reports every field (timings are not asserted)."""
+"""The benchmark on a tiny setting: it runs and reports every field (timings are not asserted), and
+the variants it times that claim the recorded bits keep them."""
 
 import json
+import os
 
 import pytest
+import torch
 
-from utils import bench, count_params, final_net
+from utils import DeviceLoader, bench, count_params, final_net, phases, report as pages
 
 
 def test_tiny_benchmark_reports_all_fields(data_dir, tmp_path):
     out = tmp_path / "bench.json"
     report = bench.run_benchmark(data_dir=data_dir, batches=2, warmup=1, repeats=1, epochs=1,
-                                 train_limit=256, num_workers=0, out=out)
+                                 train_limit=256, num_workers=0, out=out, phase_steps=2, phase_repeats=1,
+                                 test_limit=200)
     assert json.loads(out.read_text()) == report
-    for key in ("device", "machine", "torch", "threads", "speedup", "eval_seconds"):
+    for key in ("device", "machine", "torch", "threads", "speedup", "load_average_before", "load_average_after"):
         assert key in report
+    assert report["threads"] == 1  # the runs' own count
     for path in ("classic", "project"):
         assert report[path]["images_per_s"] > 0 and report[path]["seconds_per_epoch"] > 0
     assert report["profile"] and 0 < sum(r["share"] for r in report["profile"]) <= 1.0001
-    assert report["full_run"]["epochs"] == 1 and report["full_run"]["train_images"] == 256
+    for net, paths in (("final", phases.FINAL_PATHS), ("steps 3-4", phases.STEP_PATHS)):
+        table = report["phases"][net]
+        assert [r["path"] for r in table["paths"]] == [p.name for p in paths]
+        assert table["paths"][0]["path"] == "recorded" and table["paths"][0]["speedup"] == 1.0
+        for row in table["paths"]:
+            t = row["seconds_per_epoch"]
+            assert all(t[k] >= 0 for k in phases.EPOCH_PHASES) and t["forward"] > 0 and t["evaluation"] > 0
+            assert t["total"] == pytest.approx(sum(t[k] for k in phases.EPOCH_PHASES), abs=0.01)
+    assert report["phases"]["final"]["steps_per_epoch"] == 1875 and report["phases"]["steps 3-4"]["batch_size"] == 128
+    assert report["phases"]["steps 3-4"]["params"] == 7624
+    runs = report["full_runs"]
+    assert [(r["memory_format"], r["averages_tested"], r["threads"]) for r in runs] == [
+        ("channels_last", 1, 1), ("channels_last", 1, os.cpu_count()), ("contiguous", 2, 1)]
+    assert all(r["epochs"] == 1 and r["train_images"] == 256 for r in runs)
     # the ceiling's cost, each side measured in its own process with its own kernels
     isa = report["isa"]
     assert isa["native"]["cpu"]["onednn_max_cpu_isa"] == "unset (native)"
     assert isa["avx2_ceiling"]["cpu"]["onednn_max_cpu_isa"] == "AVX2"
     assert isa["avx2_ceiling"]["cpu"]["torch_cpu_capability"] in ("AVX2", "DEFAULT")
     assert report["cpu"]["threads"] == report["threads"]
+    page = pages.performance_table(out)
+    assert "| adopted |" in page and "Where an epoch's time goes" in page and "The benchmark ran alone" in page
+
+
+def test_chunked_augmentation_is_the_loader_s_own_batches(mnist):
+    (x, y), _ = mnist
+
+    def loader(batch_size):
+        return DeviceLoader(x[:512], y[:512], batch_size=batch_size, seed=4, rotate=10, translate=0.05, scale=0.05)
+
+    same = lambda a, b: len(a) == len(b) and all(  # noqa: E731
+        torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b))
+    for batch_size, chunk in ((32, 64), (30, 5)):  # 512 / 30: a short last batch inside the last chunk
+        plain = loader(batch_size)
+        first, second = list(plain), list(plain)
+        chunked = loader(batch_size)
+        assert same(list(phases.augmented_batches(chunked, chunk)), first)
+        assert same(list(chunked), second)  # and the generator is left where the loader's own pass leaves it
+        assert not same(first, second)
+
+
+def test_phase_comparison_refuses_empty_settings():
+    with pytest.raises(ValueError, match="steps and repeats must be >= 1"):
+        phases.compare_paths(phases.STEP_PATHS, None, None, None, None, "cpu", steps=0)
 
 
 def test_bad_benchmark_settings(data_dir):
     with pytest.raises(ValueError, match=">= 1"):
         bench.run_benchmark(data_dir=data_dir, batches=0, out=None)
+    with pytest.raises(ValueError, match="phase_steps"):
+        bench.run_benchmark(data_dir=data_dir, phase_repeats=0, out=None)
 
 
 def test_benchmark_follows_the_final_notebook(data_dir):
     recipe = bench.final_recipe()
     report = bench.run_benchmark(data_dir=data_dir, batches=1, warmup=0, repeats=1, full_run=False,
-                                 num_workers=0, out=None)
+                                 num_workers=0, out=None, phase_steps=1, phase_repeats=1, test_limit=200)
     assert report["recipe"] == recipe.config and report["batch_size"] == recipe.batch_size
     assert report["params"] == count_params(final_net(recipe.arch))
     assert f"±{recipe.rotate}°" in report["augmentation"] and f"scale ±{recipe.scale}" in report["augmentation"]
@@ -53,6 +97,6 @@ def test_benchmark_full_run_follows_the_clean_tail(data_dir, monkeypatch):
     monkeypatch.setattr(bench, "final_recipe", lambda: recipe)
     monkeypatch.setattr(bench, "mnist_loaders", spy)
     report = bench.run_benchmark(data_dir=data_dir, batches=1, warmup=0, repeats=1, epochs=2, train_limit=128,
-                                 num_workers=0, out=None)
+                                 num_workers=0, out=None, phase_steps=1, phase_repeats=1, test_limit=200)
     assert "none from epoch 2" in report["augmentation"]
     assert told[0].clean_from == 2 and told[0].epoch == 2 and not told[0].augmenting

@@ -141,7 +141,9 @@ def test_main_job_line_says_whether_the_goal_is_met(tmp_path):
                          notebooks={"01_skeleton": 300.0, "05_final": 400.0}))
     line = report.main_job_line(path)
     assert "**11.7 minutes**" in line and "01_skeleton 300 s" in line and line.endswith("met.")
-    save_json(path, dict(wall_seconds=800.0, jobs=2, threads_per_notebook=1, machine="test CPU", notebooks={}))
+    save_json(path, dict(wall_seconds=900.0, jobs=2, threads_per_notebook=1, machine="test CPU", notebooks={}))
+    assert "Goal ≤ 15 minutes: met." in report.main_job_line(path)
+    save_json(path, dict(wall_seconds=901.0, jobs=2, threads_per_notebook=1, machine="test CPU", notebooks={}))
     assert report.main_job_line(path).endswith("**not met**.")
 
 
@@ -244,3 +246,30 @@ def test_a_seed_studys_time_per_run_counts_only_the_runs_it_ran(tmp_path):
     table = report.seeds_table(tmp_path / "seeds.json")
     assert "600 s for 1 runs" in table and "≈ 600 s per run" in table
     assert "2 more run(s) were read from an earlier batch (`--resume`)" in table
+
+
+def test_an_ablation_made_in_the_earlier_memory_format_stays_paired_with_the_runs_it_was_made_beside(tmp_path):
+    """A final rerun channels-last keeps the contiguous ablations, paired with the contiguous seed study
+    (records from before the setting read as contiguous), each of their rows saying so; the extra averages,
+    instruments beside a run, do not part a study from its ablations."""
+    cl = dict(memory_format="channels_last")
+    save_json(tmp_path / "05_final.json", dict(config={**FINAL, **cl}))
+    save_json(tmp_path / "seeds.json", dict(runs=[_run(f"seed{s}", s, 99.55, True, **cl) for s in range(10)]))
+    save_json(tmp_path / "seeds_4808_contiguous.json",
+              dict(runs=[_run(f"seed{s}", s, 99.45, True, extra_ema_decays=[0.9995]) for s in range(10)]))
+    save_json(tmp_path / "ablation_ema.json",
+              dict(runs=[_run(f"seed{s}", s, 99.30, False, ema_decay=None) for s in range(3)]))
+    lines = search.ablation_table(tmp_path).splitlines()
+    assert len(lines) == 4
+    assert lines[2].startswith("| nothing: the final recipe; made contiguous | `seeds_4808_contiguous.json` | 0–2 "
+                               "| 3/3 | 99.45 ± 0.00 |")
+    assert lines[3].startswith("| EMA off; made contiguous | `ablation_ema.json` | 0–2 | 0/3 | 99.30 ± 0.00 |")
+    # a channels-last ablation of today's final comes first, beside today's seed study, unlabelled
+    save_json(tmp_path / "ablation_lr.json",
+              dict(runs=[_run(f"seed{s}", s, 99.50, True, lr=0.2, **cl) for s in range(3)]))
+    lines = search.ablation_table(tmp_path).splitlines()
+    assert lines[2].startswith("| nothing: the final recipe | `seeds.json` | 0–2 | 3/3 | 99.55 ± 0.00 |")
+    assert lines[3].startswith("| peak LR 0.2 | `ablation_lr.json` | 0–2 | 3/3 | 99.50 ± 0.00 |")
+    assert lines[4].startswith("| nothing: the final recipe; made contiguous | `seeds_4808_contiguous.json` |")
+    (tmp_path / "seeds_4808_contiguous.json").unlink()
+    assert search.ablation_table(tmp_path).startswith("_No seed study of the ablated recipe")

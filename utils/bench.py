@@ -1,14 +1,18 @@
-"""Benchmark: the classic DataLoader pipeline against the on-device loader, same model, same augmentation.
+"""Benchmark: where an epoch's time goes, the recorded path against each lever, the data path, full runs.
 
     python -m utils.bench                       # full benchmark, saves results/bench.json
-    python -m utils.bench --no-full-run         # skip the 15-epoch training
+    python -m utils.bench --no-full-run         # skip the 15-epoch trainings
 
-Both paths train the final model with the final recipe's augmentation and batch size, both read
-from the defaults of ``notebooks/05_final.ipynb`` (so the benchmark follows the notebook):
-1. classic: torchvision MNIST + per-image RandomAffine/ToTensor/Normalize + DataLoader(num_workers=2);
-2. project: ``DeviceLoader`` (whole split on the device, affine transform per batch with grid_sample).
-Each is timed over a fixed number of training batches after a warm-up, several times (median).
-The full run then trains the final notebook's recipe for 15 epochs, evaluation included.
+Model, recipe, batch size and augmentation are read from the defaults of ``notebooks/05_final.ipynb``
+(and, for steps 1-4, of ``notebooks/04_lr_scheduled.ipynb``), so the benchmark follows the notebooks.
+Everything but the all-cores full run uses one thread, the runs' own count.
+1. Phases (``utils.phases``): every phase of an epoch of the final and of steps 3-4's net, for the
+   recorded path and each lever, side by side in alternated repetitions (medians).
+2. The data path: the classic pipeline (torchvision MNIST + per-image RandomAffine/ToTensor/Normalize
+   + DataLoader(num_workers=2)) against ``DeviceLoader`` (whole split on the device, affine transform
+   per batch with grid_sample), each over a fixed number of training batches after a warm-up.
+3. Full 15-epoch runs of the final notebook's training, evaluation included: the adopted path with one
+   thread and with all cores, and the recorded path with one thread.
 """
 
 from __future__ import annotations
@@ -27,25 +31,80 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from . import phases
 from .data import DeviceLoader, classic_loader, load_mnist, mnist_loaders
 from .experiment import machine_description
-from .models import final_net
+from .models import final_net, regularized_net
 from .recipe import SETTINGS, Recipe, final_training, fit_settings
 from .repro import ISA_CEILING, NATIVE_ENV, cpu_info, pin_isa
 from .results import save_json, summarize
 from .summary import count_params
-from .train import evaluate, fit, pick_device, seed_everything
+from .train import fit, memory_format_of, pick_device, seed_everything
 from .paths import REPO
 
 TRAIN_IMAGES = 60_000
 FINAL_NOTEBOOK = REPO / "notebooks" / "05_final.ipynb"
+STEP_NOTEBOOK = REPO / "notebooks" / "04_lr_scheduled.ipynb"  # steps 3-4's net, the slowest epochs of steps 1-4
+# What every run recorded before ``memory_format`` computed: contiguous tensors, and (the final) round 3's
+# shorter average tested beside the run's own.
+RECORDED = dict(memory_format="contiguous", extra_ema_decays=[0.9995])
 
 
-def final_recipe(notebook: Path = FINAL_NOTEBOOK) -> Recipe:
-    """The final notebook's parameter defaults: the recipe its saved run used."""
+def notebook_recipe(notebook: Path) -> Recipe:
+    """A notebook's parameter defaults: the recipe its saved run used."""
     from .batch import notebook_parameters  # papermill reads the parameters cell
 
     return Recipe(**{k: v for k, v in notebook_parameters(notebook).items() if k in SETTINGS})
+
+
+def final_recipe() -> Recipe:
+    return notebook_recipe(FINAL_NOTEBOOK)
+
+
+def phase_comparisons(device, data_dir, steps: int, repeats: int, test_limit: int | None = None) -> dict:
+    """``utils.phases.compare_paths`` for the final and for steps 3-4's net, each with its notebook's
+    recipe, batch size and augmentation (``test_limit``: evaluate on that many test digits, a quick try)."""
+    images, labels = load_mnist(data_dir, train=True)
+    test = DeviceLoader(*load_mnist(data_dir, train=False), batch_size=1000, shuffle=False, device=device,
+                        limit=test_limit)
+    nets = {"final": (final_recipe(), phases.FINAL_PATHS, final_model),
+            "steps 3-4": (notebook_recipe(STEP_NOTEBOOK), phases.STEP_PATHS, lambda r: regularized_net(r.dropout))}
+    report = {}
+    for name, (recipe, paths, build) in nets.items():
+        train = DeviceLoader(images, labels, batch_size=recipe.batch_size, device=device,
+                             **{k: getattr(recipe, k) for k in ("rotate", "translate", "scale")})
+        report[name] = phases.compare_paths(paths, lambda: build(recipe),
+                                            lambda m: final_training(m, recipe, len(train)), train, test, device,
+                                            steps=steps, repeats=repeats)
+        report[name].update(model=recipe.arch if name == "final" else "regularized_net",
+                            params=count_params(build(recipe)))
+        print(f"{name}: " + ", ".join(f"{row['path']} {row['seconds_per_epoch']['total']:.1f} s/epoch "
+                                      f"({row['speedup']:.2f}x)" for row in report[name]["paths"]))
+    return report
+
+
+def full_training(recipe: Recipe, threads: int, data_dir, device, epochs: int, train_limit=None) -> dict:
+    """The final notebook's training (``05_final``'s calls) for ``epochs`` epochs with ``threads`` CPU threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        train_loader, test_loader = mnist_loaders(data_dir, batch_size=recipe.batch_size, device=device,
+                                                  seed=recipe.seed, train_limit=train_limit,
+                                                  **{k: getattr(recipe, k) for k in ("rotate", "translate", "scale",
+                                                                                     "clean_from")})
+        seed_everything(recipe.seed)
+        model, optimizer, scheduler = final_run_parts(recipe, len(train_loader), epochs, device)
+        start = time.perf_counter()
+        history = fit(model, train_loader, test_loader, optimizer, epochs, scheduler, progress=False, log=None,
+                      **fit_settings(recipe))
+        _sync(device)
+        wall = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(before)
+    s = summarize(history)
+    return dict(epochs=epochs, threads=threads, wall_seconds=round(wall, 1), memory_format=recipe.memory_format,
+                averages_tested=1 + len(recipe.extra_ema_decays), final_test_acc=s["final_test_acc"],
+                last_min_test_acc=s["last_min_test_acc"], train_images=len(train_loader.y))
 
 
 def _sync(device):
@@ -66,15 +125,17 @@ def final_run_parts(recipe: Recipe, steps_per_epoch: int, epochs: int, device="c
 
 
 def time_training_batches(loader, device, batches: int, warmup: int, repeats: int, recipe: Recipe) -> dict:
-    """Median seconds for ``batches`` training steps of the final model fed by ``loader``."""
+    """Median seconds for ``batches`` training steps of the final model, in the recipe's memory format,
+    fed by ``loader``."""
     seed_everything(0)
-    model = final_model(recipe).to(device)
+    layout = memory_format_of(recipe.memory_format)
+    model = final_model(recipe).to(device).to(memory_format=layout)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     model.train()
 
     def steps(n, it):
         for x, y in itertools.islice(it, n):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x, y = x.to(device, non_blocking=True).contiguous(memory_format=layout), y.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             F.nll_loss(model(x), y).backward()
             optimizer.step()
@@ -95,18 +156,19 @@ def time_training_batches(loader, device, batches: int, warmup: int, repeats: in
 
 
 def profile_training_steps(loader, device, recipe: Recipe, steps: int = 20, top: int = 8) -> list[dict]:
-    """Where a training step's time goes: the ``top`` operators by self time (torch.profiler)."""
+    """Where a training step's time goes, in the recipe's memory format: the ``top`` operators by self
+    time (torch.profiler)."""
     from torch.profiler import ProfilerActivity, profile
 
     seed_everything(0)
-    model = final_model(recipe).to(device)
+    model = final_model(recipe).to(device).to(memory_format=memory_format_of(recipe.memory_format))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     batches = list(itertools.islice(iter(loader), steps))
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         for x, y in batches:
             optimizer.zero_grad(set_to_none=True)
-            F.nll_loss(model(x), y).backward()
+            F.nll_loss(model(x.contiguous(memory_format=memory_format_of(recipe.memory_format))), y).backward()
             optimizer.step()
         _sync(device)
     events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
@@ -141,10 +203,14 @@ def project_steps(device, batches: int, warmup: int, repeats: int, data_dir=REPO
 
 
 def run_benchmark(device="auto", data_dir="data", batches=100, warmup=10, repeats=3, full_run=True,
-                  epochs=15, train_limit=None, num_workers=2, out=REPO / "results" / "bench.json") -> dict:
-    if min(batches, repeats, epochs) < 1 or warmup < 0:
-        raise ValueError("batches, repeats and epochs must be >= 1, warmup >= 0")
+                  epochs=15, train_limit=None, num_workers=2, out=REPO / "results" / "bench.json",
+                  phase_steps=150, phase_repeats=5, test_limit=None) -> dict:
+    if min(batches, repeats, epochs, phase_steps, phase_repeats) < 1 or warmup < 0:
+        raise ValueError("batches, repeats, epochs, phase_steps and phase_repeats must be >= 1, warmup >= 0")
     device = pick_device(device)
+    load_before = os.getloadavg()[0]  # what else the machine was doing as the benchmark began
+    all_cores = torch.get_num_threads()
+    torch.set_num_threads(1)  # the runs' own count; the all-cores full run sets its own
     recipe = final_recipe()
     # The timed batches are augmented ones (a pass not told its epoch augments); the full run
     # follows the recipe's clean tail as the notebook does.
@@ -161,8 +227,11 @@ def run_benchmark(device="auto", data_dir="data", batches=100, warmup=10, repeat
                                 f"scale ±{augment['scale']}"
                                 + (f", none from epoch {augment['clean_from']}" if augment["clean_from"] else "")),
                   model=f"final_net(arch={recipe.arch!r})", layout=getattr(model, "layout", recipe.arch),
-                  params=count_params(model), recipe=recipe.config)
-    print(f"benchmark on {report['machine']}, torch {report['torch']}, {report['threads']} threads")
+                  params=count_params(model), recipe=recipe.config, load_average_before=round(load_before, 2),
+                  cores=os.cpu_count())
+    print(f"benchmark on {report['machine']}, torch {report['torch']}, {report['threads']} threads "
+          f"(load average {load_before:.2f} before it began)")
+    report["phases"] = phase_comparisons(device, data_dir, phase_steps, phase_repeats, test_limit)
     report["classic"] = time_training_batches(classic, device, batches, warmup, repeats, recipe)
     print(f"classic  DataLoader: {report['classic']['images_per_s']:>9.0f} img/s  "
           f"{report['classic']['seconds_per_epoch']:6.2f} s/epoch")
@@ -179,30 +248,18 @@ def run_benchmark(device="auto", data_dir="data", batches=100, warmup=10, repeat
     for row in report["profile"]:
         print(f"  {row['share']:6.1%}  {row['op']}")
 
-    train_loader, test_loader = mnist_loaders(data_dir, batch_size=batch_size, device=device,
-                                              seed=recipe.seed, train_limit=train_limit, **augment)
-    model = final_model(recipe).to(device)
-    evaluate(model, test_loader)  # warm-up
-    _sync(device)
-    start = time.perf_counter()
-    evaluate(model, test_loader)
-    _sync(device)
-    report["eval_seconds"] = round(time.perf_counter() - start, 3)
-    print(f"test-set evaluation: {report['eval_seconds']:.2f} s (10,000 images, batches of 1000)")
 
-    if full_run:  # the final notebook's training, as its parameters cell sets it
-        seed_everything(recipe.seed)
-        model, optimizer, scheduler = final_run_parts(recipe, len(train_loader), epochs, device)
-        start = time.perf_counter()
-        history = fit(model, train_loader, test_loader, optimizer, epochs, scheduler, progress=False, log=None,
-                      **fit_settings(recipe))
-        _sync(device)
-        s = summarize(history)
-        report["full_run"] = dict(epochs=epochs, wall_seconds=round(time.perf_counter() - start, 1),
-                                  final_test_acc=s["final_test_acc"], last_min_test_acc=s["last_min_test_acc"],
-                                  train_images=len(train_loader.y))
-        print(f"full {epochs}-epoch training (train + eval each epoch): {report['full_run']['wall_seconds']:.1f} s, "
-              f"final test accuracy {s['final_test_acc']:.2f} %")
+    if full_run:  # the final notebook's training: adopted path (1 thread, all cores), recorded path (1 thread)
+        runs = [(recipe, 1), (recipe, all_cores), (recipe.replace(**RECORDED), 1)] if device.type == "cpu" \
+            else [(recipe, 1), (recipe.replace(**RECORDED), 1)]
+        report["full_runs"] = []
+        for run_recipe, threads in runs:
+            done = full_training(run_recipe, threads, data_dir, device, epochs, train_limit)
+            report["full_runs"].append(done)
+            print(f"full {epochs}-epoch training, {done['memory_format']}, {done['averages_tested']} average(s) "
+                  f"tested, {threads} thread(s): {done['wall_seconds']:.1f} s, final test accuracy "
+                  f"{done['final_test_acc']:.2f} %")
+    report["load_average_after"] = round(os.getloadavg()[0], 2)
     if out:
         save_json(out, report)
         print(f"saved {out}")
@@ -210,14 +267,17 @@ def run_benchmark(device="auto", data_dir="data", batches=100, warmup=10, repeat
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Classic DataLoader vs on-device loader, same model.")
+    parser = argparse.ArgumentParser(description="Where an epoch's time goes: the recorded path against each lever, "
+                                     "the data path, full runs.")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data-dir", default=str(REPO / "data"))
     parser.add_argument("--batches", type=int, default=100, help="timed training batches per repeat")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=15, help="length of the full training run")
-    parser.add_argument("--no-full-run", action="store_true", help="skip the full training run")
+    parser.add_argument("--no-full-run", action="store_true", help="skip the full training runs")
+    parser.add_argument("--phase-steps", type=int, default=150, help="training steps timed per path and repetition")
+    parser.add_argument("--phase-repeats", type=int, default=5, help="repetitions of the side-by-side phase timing")
     parser.add_argument("--out", default=str(REPO / "results" / "bench.json"))
     parser.add_argument("--steps-only", action="store_true", help=argparse.SUPPRESS)  # isa_comparison's probe
     args = parser.parse_args(argv)
@@ -227,7 +287,8 @@ def main(argv=None) -> int:
         return 0
     try:
         run_benchmark(args.device, args.data_dir, args.batches, args.warmup, args.repeats,
-                      not args.no_full_run, args.epochs, out=args.out)
+                      not args.no_full_run, args.epochs, out=args.out, phase_steps=args.phase_steps,
+                      phase_repeats=args.phase_repeats)
     except ValueError as exc:
         parser.error(str(exc))
     return 0

@@ -205,14 +205,17 @@ def normalize(images_uint8: torch.Tensor) -> torch.Tensor:
     return ((images_uint8.float() / 255.0 - MEAN) / STD).unsqueeze(1)
 
 
-def random_affine(x: torch.Tensor, generator: torch.Generator, rotate: float = 0.0,
-                  translate: float = 0.0, scale: float = 0.0) -> torch.Tensor:
-    """Random rotation (degrees), translation (fraction of size) and scale (±fraction) per image.
+def draw_affine(n: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` rows of 4 uniform numbers in [-1, 1) (angle, zoom, x and y shift), drawn on the CPU so that
+    any device gets the same numbers."""
+    return torch.rand(n, 4, generator=generator) * 2 - 1
 
-    ``x`` is a normalized batch [B, 1, H, W]; pixels moved in from outside get the background value.
-    """
-    b = x.shape[0]
-    u = torch.rand(b, 4, generator=generator) * 2 - 1  # drawn on the CPU: same numbers on any device
+
+def warp(x: torch.Tensor, u: torch.Tensor, rotate: float = 0.0, translate: float = 0.0,
+         scale: float = 0.0) -> torch.Tensor:
+    """Rotate (degrees), shift (fraction of size) and zoom (±fraction) each image of ``x`` by its row
+    of ``u`` (``draw_affine``) times the ranges; pixels moved in from outside get the background value.
+    Each image's result depends only on its own row, whatever else is in the call."""
     angle = torch.deg2rad(u[:, 0] * rotate)
     zoom = 1 + u[:, 1] * scale
     shift = u[:, 2:] * translate * 2  # affine_grid works in [-1, 1], i.e. 2 units per image width
@@ -223,6 +226,15 @@ def random_affine(x: torch.Tensor, generator: torch.Generator, rotate: float = 0
     background = -MEAN / STD
     return F.grid_sample(x - background, grid, mode="bilinear", padding_mode="zeros",
                          align_corners=False) + background
+
+
+def random_affine(x: torch.Tensor, generator: torch.Generator, rotate: float = 0.0,
+                  translate: float = 0.0, scale: float = 0.0) -> torch.Tensor:
+    """Random rotation (degrees), translation (fraction of size) and scale (±fraction) per image.
+
+    ``x`` is a normalized batch [B, 1, H, W]; pixels moved in from outside get the background value.
+    """
+    return warp(x, draw_affine(x.shape[0], generator), rotate, translate, scale)
 
 
 def in_clean_tail(epoch: int | None, clean_from: int | None) -> bool:

@@ -145,18 +145,30 @@ def frontier_points(results_dir: Path) -> list[dict]:
     return points
 
 
-def ablated_final(results_dir: Path, final: dict, arch: str, seeds: set[int]) -> tuple[str, dict] | None:
+def trained_recipe(config: dict) -> dict:
+    """A run's recipe as far as it decides the trajectory and the tested average: ``comparable`` less
+    the extra averages, which are instruments beside the run (they change no bit of it)."""
+    return {k: v for k, v in comparable(config).items() if k != "extra_ema_decays"}
+
+
+def memory_format_of_run(run: dict) -> str:
+    return comparable(run["config"])["memory_format"]
+
+
+def ablated_final(results_dir: Path, final: dict, arch: str, seeds: set[int],
+                  memory_format: str | None = None) -> tuple[str, dict] | None:
     """The seed study of the final recipe on ``arch`` that ran ``seeds``: ``results/seeds.json`` when
     the final is that net, else the kept study (``seeds_*.json``) whose runs have the final recipe
-    with that arch (``final``: today's final config). An ablation made on an earlier final stays
-    paired with that final's own runs."""
-    wanted = comparable({**final, "arch": arch})
+    with that arch (``final``: today's final config), in the ablation's ``memory_format`` (None: the
+    final's). An ablation made on an earlier final, or in another memory format, stays paired with
+    the runs it was made beside."""
+    wanted = trained_recipe({**final, "arch": arch, **({"memory_format": memory_format} if memory_format else {})})
     for path in [results_dir / "seeds.json", *sorted(results_dir.glob("seeds_*.json"))]:
         if not path.exists():
             continue
         study = load_results(path)
         runs = [r for r in study["runs"] if r.get("status") == "ok"]
-        if (runs and all("config" in r and comparable(r["config"]) == wanted for r in runs)
+        if (runs and all("config" in r and trained_recipe(r["config"]) == wanted for r in runs)
                 and seeds <= {r["config"]["seed"] for r in runs}):
             return path.name, study
     return None
@@ -168,9 +180,10 @@ def ablation_table(results_dir: Path) -> str:
     average those runs tested (``extra_ema_decays``): the same runs judged through that average, so
     no run of its own. Studies are grouped by the final they ablate, told by its parameter count:
     an ablation keeps the net's size (a layout ablation like padding moves no parameter), so a study
-    of another arch with the final's count is that final's layout ablation. Ablations of an earlier
-    final stay in a block of their own, paired with that final's runs, after today's; such a block's
-    first row names its net."""
+    of another arch with the final's count is that final's layout ablation; and by memory format,
+    since an ablation is paired with runs made in its own. Ablations of an earlier final, or in an
+    earlier memory format, stay in a block of their own after today's; such a block's first row
+    names its net and every row of it its memory format."""
     final, seeds = results_dir / "05_final.json", results_dir / "seeds.json"
     paths = sorted(results_dir.glob("ablation_*.json"))
     if not (paths and final.exists() and seeds.exists()):
@@ -180,19 +193,22 @@ def ablation_table(results_dir: Path) -> str:
         return "_The saved seed study predates per-run configs: run `make seeds`, then the ablation table follows._"
     final_config = load_results(final)["config"]
     final_params = next((r["params"] for r in seed_runs if r["status"] == "ok"), None)
-    by_size: dict[int, list[tuple[str, dict]]] = {}
+    final_format = comparable(final_config)["memory_format"]
+    by_size: dict[tuple[int, str], list[tuple[str, dict]]] = {}
     archs_by_size: dict[int, set[str]] = {}
     for path in paths:
         study = load_results(path)
         ok = [r for r in study["runs"] if r["status"] == "ok"]
-        if len({r["config"].get("arch") for r in ok}) != 1 or len({r["params"] for r in ok}) != 1:
+        if len({r["config"].get("arch") for r in ok}) != 1 or len({r["params"] for r in ok}) != 1 \
+                or len({memory_format_of_run(r) for r in ok}) != 1:
             return f"_`{path.name}` does not ablate one net: run `make ablation` on one final._"
-        by_size.setdefault(ok[0]["params"], []).append((path.name, study))
+        by_size.setdefault((ok[0]["params"], memory_format_of_run(ok[0])), []).append((path.name, study))
         archs_by_size.setdefault(ok[0]["params"], set()).add(ok[0]["config"].get("arch"))
     rows = ["| what changes | study | seeds | hold | last-5 min (mean ± std) | worst | final test (mean) |",
             "|---|---|---|:-:|--:|--:|--:|"]
     cache: dict = {}
-    for size in sorted(by_size, key=lambda n: n != final_params):  # today's final first
+    # today's final first, in today's memory format first
+    for size, layout in sorted(by_size, key=lambda key: (key[0] != final_params, key[1] != final_format)):
         archs = archs_by_size[size]
         if size == final_params:
             arch = final_config.get("arch")
@@ -201,7 +217,8 @@ def ablation_table(results_dir: Path) -> str:
         else:
             return (f"_The ablations of the {size:,}-parameter net name several archs: "
                     "only today's final has layout ablations._")
-        block = _ablation_rows(results_dir, final_config, arch, by_size[size], cache)
+        block = _ablation_rows(results_dir, final_config, arch, by_size[size, layout], cache,
+                               None if layout == final_format else layout)
         if block is None:
             return "_No seed study of the ablated recipe is saved: run `make seeds` and `make ablation` on one final._"
         rows += block
@@ -209,9 +226,11 @@ def ablation_table(results_dir: Path) -> str:
 
 
 def _ablation_rows(results_dir: Path, final_config: dict, arch: str, studies: list[tuple[str, dict]],
-                   cache: dict) -> list[str] | None:
+                   cache: dict, other_format: str | None = None) -> list[str] | None:
+    """A block of ``ablation_table``; ``other_format``: the memory format of studies made in another
+    one than today's final, which each row then names."""
     used = {r["config"]["seed"] for _, s in studies for r in s["runs"] if r["status"] == "ok"}
-    found = ablated_final(results_dir, final_config, arch, used)
+    found = ablated_final(results_dir, final_config, arch, used, other_format)
     if found is None:
         return None
     base_name, base = found
@@ -232,6 +251,8 @@ def _ablation_rows(results_dir: Path, final_config: dict, arch: str, studies: li
                 label = f"layout `{r['layout']}` (`{r['arch']}`)" + ("" if label == "same" else f", {label}")
             if summary is not base and name == base_name:
                 label += " (the same runs, through this average)"
+            if other_format:
+                label += f"; made {other_format}"
             rows.append(f"| {label} | `{name}` | {_seeds(r['seeds'])} | {r['holding']}/{r['runs']} "
                         f"| {r['last_min']} | {r['worst']:.2f} | {final_mean:.2f} |")
     return rows
