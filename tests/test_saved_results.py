@@ -126,6 +126,21 @@ def test_a_batch_rerun_repeats_the_first_run_of_the_seed_study():
     assert rerun["test_acc"] == first["test_acc"] and len(rerun["test_acc"]) == 15
 
 
+def test_a_run_recorded_before_the_memory_format_setting_repeats_through_its_absent_value():
+    """The kept contiguous seed study of the 4,976 final (made in round 4, before ``memory_format``
+    existed): its first run, rerun by today's code with ``memory_format contiguous`` and its extra
+    average (what ``absent`` and its config say it used) under the AVX2 ceiling, gives the same 15 test
+    accuracies and losses, extra average included, to the last digit."""
+    first = load_results(RESULTS / "seeds_4976_contiguous_seeds_0_9.json")["runs"][0]
+    rerun = load_results(RESULTS / "repro_check_4976_contiguous_after_memory_format.json")["runs"][0]
+    assert "memory_format" not in first["config"] and rerun["config"]["memory_format"] == "contiguous"
+    assert comparable(rerun["config"]) == comparable(first["config"])
+    assert rerun["config"]["seed"] == first["config"]["seed"] and rerun["cpu"]["threads"] == first["cpu"]["threads"]
+    assert rerun["cpu"]["onednn_max_cpu_isa"] == first["cpu"]["onednn_max_cpu_isa"] == "AVX2"
+    assert rerun["test_acc"] == first["test_acc"] and rerun["test_loss"] == first["test_loss"]
+    assert rerun["averages"] == first["averages"] and len(rerun["test_acc"]) == 15
+
+
 def test_the_final_notebook_run_is_the_seed_studys_run_of_its_seed():
     """The main job runs 05_final with one thread under the AVX2 ceiling, as the batch runner does:
     its saved history is the seed study's run of the same seed, to the last digit."""
@@ -184,8 +199,8 @@ def test_papermill_sees_every_parameter(name):
 
 
 def test_a_pinned_rerun_reproduces_the_committed_history():
-    """utils.batch pins the AVX2 ceiling: a rerun of step 1 (1 epoch, 1 thread) on an AVX-512 CPU
-    matched the committed history, made on an AVX2-only machine, bit for bit."""
+    """utils.batch pins the AVX2 ceiling: a rerun of step 1 (1 epoch, 1 thread) through it matched the
+    committed history, made by the main job, bit for bit."""
     rerun = load_results(RESULTS / "repro_check_01_skeleton_epoch1.json")
     committed = load_results(RESULTS / "01_skeleton.json")
     assert rerun["cpu"]["onednn_max_cpu_isa"] == "AVX2" and rerun["cpu"]["threads"] == 1
