@@ -244,7 +244,7 @@ def test_a_seed_studys_time_per_run_counts_only_the_runs_it_ran(tmp_path):
     summary = batch.summarize_runs(tmp_path / "05_final.ipynb", runs, jobs=1, wall_seconds=600.0, threads=1)
     save_json(tmp_path / "seeds.json", summary)
     table = report.seeds_table(tmp_path / "seeds.json")
-    assert "600 s for 1 runs" in table and "≈ 600 s per run" in table
+    assert "600 s for 1 runs, 1 at a time" in table and "the run took 600 s" in table
     assert "2 more run(s) were read from an earlier batch (`--resume`)" in table
 
 

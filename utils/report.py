@@ -132,12 +132,15 @@ def seeds_table(path: Path) -> str:
                      f"(`results/05_final.json`).")
         read = (f"; {len(s['runs']) - ran} more run(s) were read from an earlier batch (`--resume`), "
                 f"not timed here" if ran < len(s["runs"]) else "")
+        timed = [r["seconds"] for r in s["runs"] if r["status"] == "ok" and not r.get("resumed")]
+        each = (f"; one run took {min(timed):.0f}–{max(timed):.0f} s (the table's seconds)" if len(timed) > 1
+                else f"; the run took {timed[0]:.0f} s" if timed else "")
         if s.get("merged_from"):  # parts may have run side by side: their wall times add up to no wall time
             timing = (f"Run time: {s['wall_seconds']:.0f} s summed over the {len(s['merged_from'])} invocations "
-                      f"merged into this study for {ran} runs (≈ {s['wall_seconds'] / ran:.0f} s per run){read}.")
+                      f"merged into this study for {ran} runs{each}{read}.")
         else:
-            timing = (f"Wall time: {s['wall_seconds']:.0f} s for {ran} runs with `--jobs {s['jobs']}` "
-                      f"(≈ {s['wall_seconds'] / ran:.0f} s per run){read}.")
+            timing = (f"Wall time: {s['wall_seconds']:.0f} s for {ran} runs, {s['jobs']} at a time (`--jobs "
+                      f"{s['jobs']}`){each}{read}.")
         lines += [timing + alone, ""]
     return "\n".join(lines + rows)
 
