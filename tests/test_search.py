@@ -147,6 +147,26 @@ def test_main_job_line_says_whether_the_goal_is_met(tmp_path):
     assert report.main_job_line(path).endswith("**not met**.")
 
 
+def test_speed_line_reads_the_benchmark(tmp_path):
+    from utils import report
+
+    path = tmp_path / "bench.json"
+    assert report.speed_line(path).startswith("_No benchmark saved yet")
+    save_json(path, dict(machine="test CPU", recipe=dict(memory_format="channels_last")))
+    assert "predates the phase timing" in report.speed_line(path)
+    run = dict(epochs=15, train_images=60000, final_test_acc=99.5, last_min_test_acc=99.5, averages_tested=1)
+    save_json(path, dict(machine="test CPU", recipe=dict(memory_format="channels_last"),
+                         phases=dict(final=dict(paths=[dict(path="recorded", speedup=1.0),
+                                                       dict(path="adopted", speedup=1.62)])),
+                         full_runs=[{**run, "memory_format": "channels_last", "threads": 1, "wall_seconds": 270.0},
+                                    {**run, "memory_format": "channels_last", "threads": 2, "wall_seconds": 300.0},
+                                    {**run, "memory_format": "contiguous", "threads": 1, "wall_seconds": 480.0,
+                                     "averages_tested": 2}]))
+    line = report.speed_line(path)
+    assert "**4.5 minutes** with one thread on the adopted path, against 8.0 on the recorded one" in line
+    assert "**1.62×** the recorded one" in line
+
+
 def test_ablation_table_asks_for_a_fresh_seed_study_when_runs_lack_configs(tmp_path):
     save_json(tmp_path / "05_final.json", dict(config=FINAL))
     save_json(tmp_path / "seeds.json", dict(runs=[dict(run="seed0", status="ok", params=4808)]))

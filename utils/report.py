@@ -216,8 +216,8 @@ def performance_table(path: Path) -> str:
     rows = [f"Measured on {b['machine']}, torch {b['torch']}, device `{b['device']}`, one thread unless said; "
             f"{model}, batch size {b['batch_size']}, {b['augmentation']}."]
     if "load_average_before" in b:
-        rows.append(f"The benchmark ran alone: the 1-minute load average was {b['load_average_before']:.2f} as it "
-                    f"began and {b['load_average_after']:.2f} as it ended, on {b['cores']} cores.")
+        rows.append(f"What else the machine was doing: its 1-minute load average was {b['load_average_before']:.2f} "
+                    f"as the benchmark began and {b['load_average_after']:.2f} as it ended, on {b['cores']} cores.")
     if b.get("phases"):
         rows += ["", "### Where an epoch's time goes", ""]
         for name, comparison in b["phases"].items():
@@ -271,6 +271,26 @@ def performance_table(path: Path) -> str:
     return "\n".join(rows)
 
 
+def speed_line(path: Path) -> str:
+    """The final's own time, from ``make bench`` (``results/bench.json``): its full run and what the
+    adopted path buys per epoch."""
+    if not path.exists():
+        return "_No benchmark saved yet: run `make bench`._"
+    b = load_results(path)
+    runs, phases = b.get("full_runs"), (b.get("phases") or {}).get("final")
+    if not runs or not phases:
+        return "_The saved benchmark predates the phase timing: run `make bench`._"
+    adopted = next(r for r in phases["paths"] if r["path"] == "adopted")
+    by_threads = {(r["memory_format"], r["threads"]): r for r in runs}
+    one = by_threads.get((b["recipe"]["memory_format"], 1))
+    recorded = by_threads.get(("contiguous", 1))
+    line = (f"The final's {one['epochs']}-epoch training (`make bench`, {b['machine']}): "
+            f"**{one['wall_seconds'] / 60:.1f} minutes** with one thread on the adopted path"
+            + (f", against {recorded['wall_seconds'] / 60:.1f} on the recorded one" if recorded else "")
+            + f"; per epoch, timed side by side, the adopted path is **{adopted['speedup']:.2f}×** the recorded one.")
+    return line
+
+
 def main_job_line(path: Path) -> str:
     """The main job's wall time, from the file ``make run`` leaves (``results/main_job.json``)."""
     if not path.exists():
@@ -294,6 +314,7 @@ def generated_blocks(results_dir: Path) -> dict[str, dict[str, Callable[[], str]
             "final-model": final_model_tables,
             "consistency": lambda: consistency_line(results_dir),
             "main-job": lambda: main_job_line(results_dir / "main_job.json"),
+            "speed": lambda: speed_line(results_dir / "bench.json"),
         },
         "docs/seeds.md": {
             "seeds": lambda: seeds_table(results_dir / "seeds.json"),
