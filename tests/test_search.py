@@ -163,7 +163,8 @@ def test_speed_line_reads_the_benchmark(tmp_path):
                                     {**run, "memory_format": "contiguous", "threads": 1, "wall_seconds": 480.0,
                                      "averages_tested": 2}]))
     line = report.speed_line(path)
-    assert "**4.5 minutes** with one thread on the adopted path, against 8.0 on the recorded one" in line
+    assert ("**4.5 minutes** with one thread on the adopted path (the recipe's channels_last, 1 average), "
+            "against 8.0 on the recorded one (contiguous, 2 averages" in line)
     assert "**1.62×** the recorded one" in line
 
 

@@ -69,6 +69,12 @@ def device_name(name, value):
     parse_device(value)
 
 
+def memory_format_name(name, value):
+    from .train import memory_format_of  # the names fit knows (train.MEMORY_FORMATS); its error names the setting
+
+    memory_format_of(value)
+
+
 def arch_name(name, value):
     from .models import ARCHS
 
@@ -158,14 +164,14 @@ SETTINGS: dict[str, Setting] = {
                          "loss than 0.9995 on 9 of 10 seeds (None: test the raw weights)",
                          number(0, 1, low_open=True, optional=True), label="EMA {}"),
     "extra_ema_decays": Setting([], "more averages tested alongside each epoch, recorded beside the run's own: "
-                                "they change no training, and each costs about 7 % of an epoch, so the final has "
-                                "none; a study that compares horizons asks for them (round 3's 0.9995)",
+                                "they change no training, and each costs about 8 % of an epoch (make bench), so the "
+                                "final has none; a study that compares horizons asks for them (round 3's 0.9995)",
                                 decays, absent=[]),
     # The arithmetic
     "memory_format": Setting("channels_last", "how 4-d tensors are laid out: channels-last lets oneDNN run faster "
                              "convolution kernels on these tiny channel counts (docs/performance.md); it changes the "
                              "summation order, so runs recorded before it existed were 'contiguous'",
-                             one_of("contiguous", "channels_last"), label="memory {}", absent="contiguous"),
+                             memory_format_name, label="memory {}", absent="contiguous"),
 }
 
 

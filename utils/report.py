@@ -285,8 +285,11 @@ def speed_line(path: Path) -> str:
     one = by_threads.get((b["recipe"]["memory_format"], 1))
     recorded = by_threads.get(("contiguous", 1))
     line = (f"The final's {one['epochs']}-epoch training (`make bench`, {b['machine']}): "
-            f"**{one['wall_seconds'] / 60:.1f} minutes** with one thread on the adopted path"
-            + (f", against {recorded['wall_seconds'] / 60:.1f} on the recorded one" if recorded else "")
+            f"**{one['wall_seconds'] / 60:.1f} minutes** with one thread on the adopted path (the recipe's "
+            f"{one['memory_format']}, {one['averages_tested']} average)"
+            + (f", against {recorded['wall_seconds'] / 60:.1f} on the recorded one (contiguous, "
+               f"{recorded['averages_tested']} averages, as every run before the memory-format setting)"
+               if recorded else "")
             + f"; per epoch, timed side by side, the adopted path is **{adopted['speedup']:.2f}×** the recorded one.")
     return line
 
