@@ -161,14 +161,15 @@ def profile_training_steps(loader, device, recipe: Recipe, steps: int = 20, top:
     from torch.profiler import ProfilerActivity, profile
 
     seed_everything(0)
-    model = final_model(recipe).to(device).to(memory_format=memory_format_of(recipe.memory_format))
+    layout = memory_format_of(recipe.memory_format)
+    model = final_model(recipe).to(device).to(memory_format=layout)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     batches = list(itertools.islice(iter(loader), steps))
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         for x, y in batches:
             optimizer.zero_grad(set_to_none=True)
-            F.nll_loss(model(x.contiguous(memory_format=memory_format_of(recipe.memory_format))), y).backward()
+            F.nll_loss(model(x.contiguous(memory_format=layout)), y).backward()
             optimizer.step()
         _sync(device)
     events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
