@@ -1,12 +1,12 @@
 """Where an epoch's time goes: every phase of a training epoch, for the recorded path and each variant,
 timed side by side in one process (``make bench``; ``utils.bench`` saves the figures).
 
-A *path* (``TrainingPath``) is how the same training is computed: the memory format, how many weight averages are
-updated every step and how (per tensor, or in foreach calls), how the augmentation is applied.
-``PATHS`` lists, per net, the recorded path (what the runs made before ``memory_format`` did), one
-variant per lever, and the adopted path (the recipe's defaults). Every repetition times every path
-once, in an order that rotates, so a slow spell of the machine falls on all of them alike; the
-figures are the medians over repetitions.
+A *path* (``TrainingPath``) is how the same training is computed: the memory format, how many weight
+averages are updated every step and how (per tensor, or in foreach calls), how the augmentation is
+applied. ``FINAL_PATHS`` and ``STEP_PATHS`` list, per net, the recorded path (what the runs made
+before ``memory_format`` did), one variant per lever, and the adopted path (the recipe's
+defaults). Every repetition times every path once, in an order that rotates, so a slow spell of
+the machine falls on all of them alike; the figures are the medians over repetitions.
 
 Phases of one training step: ``forward`` (zero_grad, the batch into its layout, the forward pass and
 the loss), ``backward``, ``optimizer`` (SGD's step and the schedule's), ``averages`` (each weight
