@@ -14,7 +14,8 @@ ARCH_PARAMS = {"slim": 4808, "twopool": 4808, "twopool_small": 4444, "twopool_wi
                "separable_small": 3440, "gap7624": 7624, "onepool_narrow": 5892, "twopool_three": 5764,
                "onepool_small": 4964, "separable_wide": 4880, "separable_shiftbn": 4976,
                "separable_wide_shiftbn": 4576, "separable_shiftbn_pad": 4976,
-               "separable_wide_shiftbn_pad": 4576, "separable_narrow_pad2": 3848}
+               "separable_wide_shiftbn_pad": 4576, "separable_narrow_pad2": 3848,
+               "separable_stem": 4536, "separable_stem_narrow": 3836}
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

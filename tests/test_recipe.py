@@ -63,6 +63,10 @@ def _nothing_written(tmp_path):
     (dict(ema_decay=None, extra_ema_decays=[0.9]), "needs ema_decay"),
     (dict(memory_format="channels_first"), "memory_format must be one of 'contiguous', 'channels_last'"),
     (dict(memory_format=None), "memory_format must be one of"),
+    (dict(bn_recompute=0), "bn_recompute must be None or an integer between 1 and 60000"),
+    (dict(bn_recompute=2.5), "bn_recompute must be None or an integer"),
+    (dict(bn_recompute=1000, ema_decay=None), "bn_recompute needs ema_decay"),
+    (dict(bn_recompute=5000, train_limit=1000), "bn_recompute must be at most train_limit"),
 ])
 def test_a_bad_setting_fails_before_any_file(changes, message, tmp_path, monkeypatch):
     monkeypatch.delenv("MNIST_SMOKE", raising=False)
@@ -249,3 +253,14 @@ def test_memory_format_is_fit_s_and_old_records_read_as_contiguous():
     old = {k: v for k, v in Recipe.final().config.items() if k != "memory_format"}
     assert comparable(old)["memory_format"] == "contiguous"  # the layout every earlier run had
     assert comparable(Recipe.final().config)["memory_format"] == "channels_last"
+
+
+def test_bn_recompute_is_fit_s_and_old_records_read_as_averaged():
+    from utils.recipe import comparable, fit_settings
+
+    assert fit_settings(Recipe.final(bn_recompute=10_000))["bn_recompute"] == 10_000
+    old = {k: v for k, v in Recipe.final().config.items() if k != "bn_recompute"}
+    assert comparable(old)["bn_recompute"] is None  # every earlier run tested the average's own statistics
+    final = Recipe.final().config
+    assert search.recipe_differences({**final, "bn_recompute": 10_000}, {**final, "bn_recompute": None}) == \
+        "BN statistics measured on 10000 digits"

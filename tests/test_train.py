@@ -226,3 +226,38 @@ def test_an_unknown_memory_format_stops_fit_before_any_step(small_mnist):
         with pytest.raises(ValueError, match="memory_format must be one of 'contiguous', 'channels_last'"):
             fit(model, train, test, opt, 1, progress=False, log=None, memory_format=bad)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_measured_bn_statistics_are_tested_without_changing_the_run(small_mnist):
+    """bn_recompute tests a copy of the average with statistics measured on clean training digits; the
+    training, and the average as kept (tested beside it), are what they are without it."""
+    x, y, xt, yt = small_mnist
+
+    def run(**evaluation):
+        seed_everything(0)
+        model = final_net(dropout=0.1)  # dropout draws random numbers in the measuring pass too
+        train = DeviceLoader(x, y, batch_size=32, seed=0, rotate=5)
+        test = DeviceLoader(xt, yt, batch_size=128, shuffle=False)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        history = fit(model, train, test, opt, 2, progress=False, log=None, ema_decay=0.99,
+                      memory_format="channels_last", **evaluation)
+        return history, model, train, test
+
+    kept, kept_model, _, _ = run()
+    measured, measured_model, train, test = run(bn_recompute=300)
+    assert [r["train_loss"] for r in measured] == [r["train_loss"] for r in kept]  # the same trajectory
+    assert [r["averaged_bn"]["test_acc"] for r in measured] == [r["test_acc"] for r in kept]
+    assert [r["averaged_bn"]["test_loss"] for r in measured] == [r["test_loss"] for r in kept]
+    assert [r["test_loss"] for r in measured] != [r["test_loss"] for r in kept]
+    # What is left is what was tested last: the kept weights, with statistics of 300 clean digits.
+    weights = lambda m: {k: v for k, v in m.state_dict().items() if "running" not in k and "num_batches" not in k}
+    assert all(torch.equal(a, b) for a, b in zip(weights(kept_model).values(), weights(measured_model).values()))
+    loss, acc = evaluate(measured_model, test, torch.channels_last)
+    assert (loss, acc) == (measured[-1]["test_loss"], measured[-1]["test_acc"])
+    clean = next(iter(train.clean_subset(300)))[0]
+    assert torch.equal(clean, train.x[:300])  # in order, not augmented
+    with pytest.raises(ValueError, match="needs ema_decay"):
+        fit(final_net(), train, test, torch.optim.SGD(final_net().parameters(), lr=0.1), 1, bn_recompute=100,
+            progress=False, log=None)
+    with pytest.raises(ValueError, match="clean_subset takes 1 to 512 images"):
+        train.clean_subset(1000)

@@ -280,6 +280,13 @@ class DeviceLoader:
     def __len__(self) -> int:
         return math.ceil(len(self.y) / self.batch_size)
 
+    def clean_subset(self, n: int, batch_size: int = 1000) -> DeviceLoader:
+        """The first ``n`` images in order, never augmented (for measuring batch-norm statistics);
+        draws nothing from this loader's generator."""
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= len(self.y):
+            raise ValueError(f"clean_subset takes 1 to {len(self.y):,} images (this loader's), got {n!r}")
+        return DeviceLoader(self.x[:n], self.y[:n], batch_size=batch_size, shuffle=False, device=self.device)
+
     def __iter__(self):
         n = len(self.y)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)

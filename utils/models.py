@@ -233,6 +233,10 @@ ARCHS = {
     "separable_wide_shiftbn_pad": "shiftbn c8 c8 M d16p d32 d32 d32",  # 4,576
     # Two blocks padded keep the 12x12 map twice: narrower blocks at about the final's 648k multiply-adds.
     "separable_narrow_pad2": "shiftbn c8 c8 M d16p d24p d28 d32",  # 3,848
+    # Round 5 (issue 29): the stem's second 3x3 conv (8 -> 8: 576 weights and a shift) as a separable block
+    # (72 + 64 and a shift): 440 parameters fewer at full resolution, where the stem sees every pixel.
+    "separable_stem": "shiftbn c8 d8 M d24p d32 d32 d32",  # 4,536
+    "separable_stem_narrow": "shiftbn c8 d8 M d24p d28 d28 d28",  # 3,836
 }
 FINAL_ARCH = "separable_shiftbn_pad"
 

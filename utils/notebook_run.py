@@ -159,6 +159,9 @@ def run_record(res: dict) -> dict:
                if "test_loss" in res["history"][0] else {}),
             "config": res["config"],
             **({"averages": averages(res["history"])} if "averages" in res["history"][0] else {}),
+            **({"averaged_bn": {key: [round(r["averaged_bn"][key], digits) for r in res["history"]]
+                                for key, digits in (("test_acc", 2), ("test_loss", 5))}}
+               if "averaged_bn" in res["history"][0] else {}),
             **({"cpu": res["cpu"]} if "cpu" in res else {})}
 
 

@@ -167,6 +167,13 @@ SETTINGS: dict[str, Setting] = {
                                 "they change no training, and each costs about 8 % of an epoch (make bench), so the "
                                 "final has none; a study that compares horizons asks for them (round 3's 0.9995)",
                                 decays, absent=[]),
+    "bn_recompute": Setting(None, "None: the average is tested with its own batch-norm statistics, averaged like its "
+                            "weights; an int n: before each test a copy of the average gets statistics measured on "
+                            "the first n clean training digits, and that copy is tested (the kept statistics come "
+                            "from older weights, and a weight average can drift away from them); the average as "
+                            "kept is tested beside it, so both compare on one trajectory",
+                            integer(1, 60_000, optional=True), label="BN statistics measured on {} digits",
+                            off="averaged BN statistics"),
     # The arithmetic
     "memory_format": Setting("channels_last", "how 4-d tensors are laid out: channels-last lets oneDNN run faster "
                              "convolution kernels on these tiny channel counts (docs/performance.md); it changes the "
@@ -206,6 +213,12 @@ class Recipe:
                                  f"anneal would end in epoch {last}")
         if values.get("extra_ema_decays") and values.get("ema_decay", SETTINGS["ema_decay"].default) is None:
             raise ValueError("extra_ema_decays needs ema_decay: the run's own average is the one kept")
+        if values.get("bn_recompute") is not None:
+            if values.get("ema_decay", SETTINGS["ema_decay"].default) is None:
+                raise ValueError("bn_recompute needs ema_decay: it measures the average's batch-norm statistics")
+            if values.get("train_limit") is not None and values["bn_recompute"] > values["train_limit"]:
+                raise ValueError(f"bn_recompute must be at most train_limit ({values['train_limit']:,} images), "
+                                 f"got {values['bn_recompute']!r}")
         if "arch" in values:  # the model builds with these settings, or says why not
             _model(values["arch"], values.get("dropout"), values.get("dropout_kind", "element"))
         self._values = dict(values)
@@ -277,12 +290,12 @@ def final_training(model, recipe: Recipe, steps_per_epoch: int, epochs: int | No
                                            floor=recipe.lr_floor, **onecycle)
 
 
-FIT_SETTINGS = ("ema_decay", "extra_ema_decays", "label_smoothing", "grad_clip", "memory_format")
+FIT_SETTINGS = ("ema_decay", "extra_ema_decays", "label_smoothing", "grad_clip", "memory_format", "bn_recompute")
 
 
 def fit_settings(recipe: Recipe) -> dict:
     """``utils.fit``'s keyword arguments that come from the recipe (averaging, label smoothing, clipping,
-    memory format)."""
+    memory format, the average's batch-norm statistics)."""
     return {name: getattr(recipe, name) for name in FIT_SETTINGS if name in recipe}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -11,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.optim import lr_scheduler
-from torch.optim.swa_utils import AveragedModel
+from torch.optim.swa_utils import AveragedModel, update_bn
 from tqdm.auto import tqdm
 
 from .results import save_json  # atomic: a runner reading the progress file never sees half of it
@@ -191,9 +192,24 @@ def weight_average(model, decay: float) -> AveragedModel:
     return AveragedModel(model, multi_avg_fn=ema_multi_avg_fn(decay), use_buffers=True)
 
 
+def with_measured_bn(module, batches, memory_format=torch.contiguous_format):
+    """A copy of ``module`` whose batch-norm statistics are measured afresh on ``batches`` (``(x, y)``
+    pairs; ``update_bn``'s equal-weight mean over batches), the module itself untouched.
+
+    A weight average's own buffers are an average of statistics measured on other, older weights;
+    this gives the averaged weights the statistics of their own activations. Dropout in train mode
+    draws random numbers, so the generators are restored afterwards: the training that follows is
+    the one it would have been."""
+    measured = copy.deepcopy(module)
+    device = next(module.parameters()).device
+    with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device], device_type=device.type):
+        update_bn((x.contiguous(memory_format=memory_format) for x, _ in batches), measured)
+    return measured.eval()
+
+
 def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None, ema_decay=None,
         label_smoothing=0.0, progress=True, log=print, extra_ema_decays=(), grad_clip=None,
-        memory_format="contiguous"):
+        memory_format="contiguous", bn_recompute=None):
     """Train for ``epochs`` epochs; return the history, one dict per epoch.
 
     ``scheduler``: OneCycleLR and CyclicLR step every batch, others every epoch (ReduceLROnPlateau
@@ -207,6 +223,11 @@ def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None, ema
     compares averages on a single trajectory. Needs ``ema_decay``.
     ``memory_format``: "contiguous" or "channels_last" (``MEMORY_FORMATS``): the model is converted in
     place before training (its parameters stay the optimizer's) and every batch is put in that layout.
+    ``bn_recompute`` (an int n; needs ``ema_decay``): before each test, a copy of the average gets its
+    batch-norm statistics measured on the first n clean training digits (``train_loader.clean_subset``,
+    ``with_measured_bn``) and that copy is tested (at the end the model holds it); the average as kept,
+    with its averaged statistics, is tested beside it (``row["averaged_bn"]``). Training and the average
+    itself are untouched, so the two arms compare on one trajectory.
     """
     layout = memory_format_of(memory_format)
     scheduler_per_batch = isinstance(scheduler, PER_BATCH_SCHEDULERS)
@@ -215,6 +236,13 @@ def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None, ema
         raise ValueError(f"ema_decay must be between 0 and 1, got {ema_decay}")
     if extra_ema_decays and ema_decay is None:
         raise ValueError("extra_ema_decays needs ema_decay: the run's own average is the one kept")
+    bn_batches = None
+    if bn_recompute is not None:
+        if ema_decay is None:
+            raise ValueError("bn_recompute needs ema_decay: it measures the average's batch-norm statistics")
+        if not hasattr(train_loader, "clean_subset"):
+            raise ValueError("bn_recompute needs a loader with clean_subset (utils.DeviceLoader, mnist_loaders)")
+        bn_batches = train_loader.clean_subset(bn_recompute)
     model.to(memory_format=layout)  # in place, before the averages copy it
     ema = None if ema_decay is None else weight_average(model, ema_decay)
     extras = {str(d): weight_average(model, d) for d in extra_ema_decays}
@@ -232,7 +260,11 @@ def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None, ema
                                             ema=[ema, *extras.values()] if extras else ema,
                                             label_smoothing=label_smoothing, grad_clip=grad_clip,
                                             memory_format=layout)
-        test_loss, test_acc = evaluate(ema.module if ema is not None else model, test_loader, layout)
+        tested = ema.module if ema is not None else model
+        if bn_batches is not None:
+            kept_loss, kept_acc = evaluate(tested, test_loader, layout)
+            tested = with_measured_bn(tested, bn_batches, layout)
+        test_loss, test_acc = evaluate(tested, test_loader, layout)
         averages = {}
         for name, average in extras.items():
             loss, acc = evaluate(average.module, test_loader, layout)
@@ -247,6 +279,8 @@ def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None, ema
                    test_acc=test_acc, lr=lr, seconds=seconds)
         if averages:
             row["averages"] = averages
+        if bn_batches is not None:
+            row["averaged_bn"] = dict(test_loss=kept_loss, test_acc=kept_acc)
         history.append(row)
         epoch_bar.set_postfix(test_acc=f"{test_acc:.2f}")
         report_progress(epoch, test_acc)  # before the line: a runner woken by the line finds its epoch
@@ -254,5 +288,5 @@ def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None, ema
             log(f"epoch {epoch:2d}  lr {lr:.4f}  train loss {train_loss:.4f} acc {train_acc:.2f}%  "
                 f"test loss {test_loss:.4f} acc {test_acc:.2f}%  ({seconds:.1f} s)")
     if ema is not None:
-        model.load_state_dict(ema.module.state_dict())  # the model now is what was tested
+        model.load_state_dict(tested.state_dict())  # the model now is what was tested
     return history
