@@ -164,13 +164,15 @@ def test_grad_clip_bounds_every_step_and_none_leaves_the_run_alone(small_mnist):
     assert steps(1e6) == free  # a clip never reached changes nothing
 
 
-def test_foreach_average_is_bit_equal_to_the_per_tensor_one(small_mnist):
-    """The foreach EMA (``ema_multi_avg_fn``, what ``fit`` uses) and the per-tensor ``ema_avg_fn`` every
-    run before it used give the same bits, weights and batch-norm buffers (the integer batch count too),
-    over real training steps of the final net in both memory formats."""
+def test_every_average_update_gives_the_per_tensor_bits(small_mnist):
+    """The flat EMA (``WarmupAverage``, what ``fit`` uses), the foreach one (``ema_multi_avg_fn``) and the
+    per-tensor ``ema_avg_fn`` of the runs before them give the same bits, weights and batch-norm buffers
+    (the integer batch count too), step by step from the first update (which copies) over real training
+    steps of the final net, in both memory formats."""
+    import torch.nn.functional as F
     from torch.optim.swa_utils import AveragedModel
 
-    from utils.train import ema_avg_fn, ema_multi_avg_fn, train_epoch
+    from utils.train import WarmupAverage, ema_avg_fn, ema_multi_avg_fn
 
     x, y, _, _ = small_mnist
     for layout in (torch.contiguous_format, torch.channels_last):
@@ -178,15 +180,35 @@ def test_foreach_average_is_bit_equal_to_the_per_tensor_one(small_mnist):
         model = final_net().to(memory_format=layout)
         per_tensor = AveragedModel(model, avg_fn=ema_avg_fn(0.9998), use_buffers=True)
         foreach = AveragedModel(model, multi_avg_fn=ema_multi_avg_fn(0.9998), use_buffers=True)
+        flat = WarmupAverage(model, 0.9998)
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
         train = DeviceLoader(x, y, batch_size=32, seed=0, rotate=10, translate=0.05, scale=0.05)
-        for _ in range(2):  # 32 steps: past the first update, which copies
-            train_epoch(model, train, opt, progress=False, ema=[per_tensor, foreach], memory_format=layout)
-        mine, theirs = foreach.module.state_dict(), per_tensor.module.state_dict()
-        assert list(mine) == list(theirs)
-        assert all(torch.equal(mine[k], theirs[k]) and mine[k].dtype == theirs[k].dtype for k in mine)
-        assert any(v.dtype == torch.int64 for v in mine.values())  # the integer buffers were averaged too
-        assert not torch.equal(mine["features.0.0.weight"], model.state_dict()["features.0.0.weight"])
+        model.train()
+        for epoch in range(2):  # 32 steps
+            for step, (xb, yb) in enumerate(train):
+                opt.zero_grad()
+                F.nll_loss(model(xb.contiguous(memory_format=layout)), yb).backward()
+                opt.step()
+                for average in (per_tensor, foreach, flat):
+                    average.update_parameters(model)
+                if epoch == 1 and step not in (0, 15):
+                    continue
+                theirs = per_tensor.module.state_dict()
+                for other in (foreach, flat):
+                    mine = other.module.state_dict()
+                    assert list(mine) == list(theirs)
+                    assert all(torch.equal(mine[k], theirs[k]) and mine[k].dtype == theirs[k].dtype for k in mine)
+        assert any(v.dtype == torch.int64 for v in theirs.values())  # the integer buffers were averaged too
+        assert not torch.equal(theirs["features.0.0.weight"], model.state_dict()["features.0.0.weight"])
+        assert [p.stride() for p in flat.module.parameters()] == [p.stride() for p in per_tensor.module.parameters()]
+
+
+def test_the_flat_average_refuses_a_model_it_cannot_hold():
+    from utils.train import WarmupAverage
+
+    mixed = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2).double())
+    with pytest.raises(ValueError, match="one dtype and device"):
+        WarmupAverage(mixed, 0.99)
 
 
 def _layout_run(small_mnist, memory_format, **extra):

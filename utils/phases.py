@@ -2,7 +2,7 @@
 timed side by side in one process (``make bench``; ``utils.bench`` saves the figures).
 
 A *path* (``TrainingPath``) is how the same training is computed: the memory format, how many weight
-averages are updated every step and how (per tensor, or in foreach calls), how the augmentation is
+averages are updated every step and how (per tensor, in foreach calls, or flat), how the augmentation is
 applied. ``FINAL_PATHS`` and ``STEP_PATHS`` list, per net, the recorded path (what the runs made
 before ``memory_format`` did), one variant per lever, and the adopted path (the recipe's
 defaults). Every repetition times every path once, in an order that rotates, so a slow spell of
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel
 
 from .data import DeviceLoader, draw_affine, warp
-from .train import ema_avg_fn, evaluate, memory_format_of, weight_average
+from .train import WarmupAverage, ema_avg_fn, ema_multi_avg_fn, evaluate, memory_format_of
 
 STEP_PHASES = ("forward", "backward", "optimizer", "averages")
 EPOCH_PHASES = (*STEP_PHASES, "augmentation", "evaluation")
@@ -39,7 +39,7 @@ class TrainingPath:
     memory_format: str = "contiguous"
     averages: tuple[float, ...] = ()  # decays of the averages updated every step; the first is the one tested...
     tested: int = 0                   # ...and this many of them are evaluated every epoch
-    foreach_averages: bool = False    # one foreach update per dtype instead of one call per tensor
+    average_update: str = "per tensor"  # AVERAGE_UPDATES: how each average steps
     augment_chunk: int = 1            # batches warped per grid_sample call
     same_bits: bool = True            # the recorded path's weights and tested figures, to the last bit
 
@@ -48,18 +48,29 @@ class TrainingPath:
         return memory_format_of(self.memory_format)
 
 
+# How an average's update is computed (every one gives the same bits, tests/test_train.py): AveragedModel
+# with a call per tensor (the runs before the foreach one), AveragedModel with foreach calls, or
+# train.WarmupAverage's flat tensor (fit's).
+AVERAGE_UPDATES = {
+    "per tensor": lambda model, d: AveragedModel(model, avg_fn=ema_avg_fn(d), use_buffers=True),
+    "foreach": lambda model, d: AveragedModel(model, multi_avg_fn=ema_multi_avg_fn(d), use_buffers=True),
+    "flat": WarmupAverage,
+}
 RECORDED_FINAL = dict(averages=(0.9998, 0.9995), tested=2)
 # The final (05_final): round 4's runs tested its own average and round 3's shorter one every epoch.
 FINAL_PATHS = (
     TrainingPath("recorded", "contiguous, two averages updated per tensor", **RECORDED_FINAL),
-    TrainingPath("foreach averages", "the averages updated in foreach calls", foreach_averages=True, **RECORDED_FINAL),
+    TrainingPath("foreach averages", "the averages updated in foreach calls", average_update="foreach",
+                 **RECORDED_FINAL),
+    TrainingPath("flat averages", "each average one flat tensor, updated in a few elementwise ops",
+                 average_update="flat", **RECORDED_FINAL),
     TrainingPath("one average", "the extra average (0.9995) neither updated nor tested", averages=(0.9998,), tested=1),
     TrainingPath("augmentation in chunks", "64 batches warped per grid_sample call, drawn per batch in the same order",
          augment_chunk=64, **RECORDED_FINAL),
     TrainingPath("channels-last", "model and batches channels-last", memory_format="channels_last", same_bits=False,
          **RECORDED_FINAL),
-    TrainingPath("adopted", "channels-last, one average, updated in foreach calls", memory_format="channels_last",
-         averages=(0.9998,), tested=1, foreach_averages=True, same_bits=False),
+    TrainingPath("adopted", "channels-last, one average, updated flat", memory_format="channels_last",
+         averages=(0.9998,), tested=1, average_update="flat", same_bits=False),
 )
 # Steps 3-4 (the 7,624-parameter net with dropout, the slowest epochs of steps 1-4): no average.
 STEP_PATHS = (
@@ -73,12 +84,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def averages_for(model, path: TrainingPath) -> list[AveragedModel]:
-    """The weight averages ``path`` updates every step, made as ``fit`` makes them (per tensor: the
-    recorded ``avg_fn``)."""
-    if path.foreach_averages:
-        return [weight_average(model, d) for d in path.averages]
-    return [AveragedModel(model, avg_fn=ema_avg_fn(d), use_buffers=True) for d in path.averages]
+def averages_for(model, path: TrainingPath) -> list:
+    """The weight averages ``path`` updates every step, made the way it names (``AVERAGE_UPDATES``)."""
+    return [AVERAGE_UPDATES[path.average_update](model, d) for d in path.averages]
 
 
 def augmented_batches(loader: DeviceLoader, chunk: int = 1):

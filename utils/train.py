@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.optim import lr_scheduler
-from torch.optim.swa_utils import AveragedModel, update_bn
+from torch.optim.swa_utils import update_bn
 from tqdm.auto import tqdm
 
 from .results import save_json  # atomic: a runner reading the progress file never sees half of it
@@ -187,9 +187,65 @@ def ema_multi_avg_fn(decay: float):
     return update
 
 
-def weight_average(model, decay: float) -> AveragedModel:
+def memory_order(tensor: torch.Tensor) -> torch.Tensor:
+    """A dense tensor's elements as a 1-d view in the order they lie in memory (any layout)."""
+    if not (tensor.is_contiguous() or tensor.is_contiguous(memory_format=torch.channels_last)):
+        raise ValueError(f"a tensor of shape {tuple(tensor.shape)} and strides {tensor.stride()} is not dense")
+    return tensor.as_strided((tensor.numel(),), (1,), tensor.storage_offset())
+
+
+class WarmupAverage:
+    """The warm-up EMA of a model's weights and batch-norm buffers: what ``AveragedModel(model,
+    multi_avg_fn=ema_multi_avg_fn(decay), use_buffers=True)`` computes, to the last bit
+    (``tests/test_train.py``), at a fraction of its cost a step.
+
+    AveragedModel regroups every tensor by device and dtype at every step: about 1.2 ms a step on the
+    final's ~50 small tensors, 8 % of a step. Here the average's floating-point tensors are views into one
+    flat tensor, and the live model's are read through views made once, so a step is one ``cat`` and
+    three elementwise ops on a few thousand numbers (about 0.07 ms). The elementwise arithmetic is the
+    foreach path's (average x d, plus current x (1 - d)), so every rounding is the same. The integer
+    buffers (batch norm's batch counts) go through the same float arithmetic and are truncated back.
+
+    ``module`` is the average, as in AveragedModel. The live model's tensors must keep their storage
+    (the optimizer and batch norm update them in place): convert its layout or device before this is made.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.module, self.decay, self.n_averaged = copy.deepcopy(model), decay, 0
+        averaged = [*self.module.parameters(), *self.module.buffers()]
+        live = [*model.parameters(), *model.buffers()]
+        floats = [(a, c) for a, c in zip(averaged, live) if a.is_floating_point()]
+        if len({(a.dtype, a.device) for a, _ in floats}) > 1:
+            raise ValueError("WarmupAverage needs every floating-point tensor of the model in one dtype and device")
+        self.live_floats = [memory_order(c.detach()) for _, c in floats]
+        self.flat = torch.cat([memory_order(a.detach()) for a, _ in floats])
+        start = 0
+        with torch.no_grad():
+            for a, _ in floats:  # the average's tensors become views of the flat one, in their own layout
+                a.data = self.flat[start:start + a.numel()].as_strided(a.shape, a.stride())
+                start += a.numel()
+        self.averaged_ints = [a for a in averaged if not a.is_floating_point()]
+        self.live_ints = [c for c in live if not c.is_floating_point()]
+
+    @torch.no_grad()
+    def update_parameters(self, model: torch.nn.Module) -> None:
+        """One step of the average, after one of ``model`` (the model it was made from)."""
+        live = torch.cat(self.live_floats)
+        if self.n_averaged == 0:  # the first update copies the weights, as AveragedModel's does
+            self.flat.copy_(live)
+            torch._foreach_copy_(self.averaged_ints, self.live_ints)
+        else:
+            d = warmup_decay(self.decay, self.n_averaged)
+            self.flat.mul_(d).add_(live.mul_(1 - d))
+            if self.averaged_ints:
+                ints = torch.stack(self.averaged_ints) * d + torch.stack(self.live_ints) * (1 - d)
+                torch._foreach_copy_(self.averaged_ints, list(ints.unbind()))
+        self.n_averaged += 1
+
+
+def weight_average(model, decay: float) -> WarmupAverage:
     """The warm-up EMA of ``model``'s weights and batch-norm buffers, updated by ``update_parameters``."""
-    return AveragedModel(model, multi_avg_fn=ema_multi_avg_fn(decay), use_buffers=True)
+    return WarmupAverage(model, decay)
 
 
 def with_measured_bn(module, batches, memory_format=torch.contiguous_format):
