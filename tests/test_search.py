@@ -294,3 +294,22 @@ def test_an_ablation_made_in_the_earlier_memory_format_stays_paired_with_the_run
     assert lines[4].startswith("| nothing: the final recipe; made contiguous | `seeds_4808_contiguous.json` |")
     (tmp_path / "seeds_4808_contiguous.json").unlink()
     assert search.ablation_table(tmp_path).startswith("_No seed study of the ablated recipe")
+
+
+def test_runs_with_measured_bn_statistics_read_through_the_average_as_kept(tmp_path):
+    """bn_recompute runs test the average with measured statistics and record it as kept beside it: the
+    averages table shows both ways, and the kept way reads as the recipe without bn_recompute."""
+    runs = []
+    for seed, (measured, kept) in enumerate([([99.5] * 15, [99.3] + [99.45] * 14), ([99.46] * 15, [99.38] * 15)]):
+        run = _run(f"seed{seed}", seed, min(measured[-5:]), True, ema_decay=0.9998, bn_recompute=10000)
+        run.update(test_acc=measured, test_loss=[0.02] * 15, averaged_bn=dict(test_acc=kept, test_loss=[0.03] * 15))
+        runs.append(run)
+    rows = search.average_rows(runs)
+    assert [r["average"] for r in rows] == ["EMA 0.9998, BN statistics measured on 10000 digits (the run's own)",
+                                            "EMA 0.9998, its averaged BN statistics"]
+    assert rows[1]["mins"] == [99.45, 99.38] and rows[1]["test_loss"] == pytest.approx(0.03)
+    kept = search.as_tested_with_kept_bn(runs)
+    assert [r["last_min_test_acc"] for r in kept] == [99.45, 99.38] and kept[0]["config"]["bn_recompute"] is None
+    save_json(tmp_path / "search_29_x.json", dict(runs=runs))
+    table = search.averages_table(tmp_path).splitlines()
+    assert len(table) == 4 and "its averaged BN statistics" in table[3] and "99.45, 99.38" in table[3]

@@ -238,6 +238,8 @@ def _ablation_rows(results_dir: Path, final_config: dict, arch: str, studies: li
     base = {**base, "runs": [r for r in base["runs"] if r["status"] == "ok" and r["config"]["seed"] in used]}
     through = [(base_name, dict(runs=as_tested_through(base["runs"], decay))) for decay in
                (base["runs"][0].get("averages") or {})]
+    if "averaged_bn" in base["runs"][0]:
+        through.append((base_name, dict(runs=as_tested_with_kept_bn(base["runs"]))))
     nothing = "nothing: the final recipe"
     if arch != final_config.get("arch"):
         nothing += f" on the previous final, `{arch}` ({base['runs'][0]['params']:,} parameters)"
@@ -258,15 +260,25 @@ def _ablation_rows(results_dir: Path, final_config: dict, arch: str, studies: li
     return rows
 
 
-def as_tested_through(runs: list[dict], decay: str, last_n: int = 5) -> list[dict]:
+def _read_through(run: dict, curves: dict, changes: dict, last_n: int = 5) -> dict:
+    """``run`` with another evaluation's curves (``test_acc``, ``test_loss``) in place of its own, and
+    its config changed to the recipe that would have tested them."""
+    accs = curves["test_acc"]
+    return {**run, "test_acc": accs, "test_loss": curves.get("test_loss"), "final_test_acc": accs[-1],
+            "last_min_test_acc": min(accs[-last_n:]), "holds_bar": min(accs[-last_n:]) >= BAR,
+            "config": {**run["config"], **changes}}
+
+
+def as_tested_through(runs: list[dict], decay: str) -> list[dict]:
     """``runs`` as they read through their extra average ``decay``: its accuracies in place of the
     run's own, and ``ema_decay`` set to it (training is shared, so this is that recipe's run)."""
-    seen = []
-    for run in runs:
-        accs = run["averages"][decay]["test_acc"]
-        seen.append({**run, "test_acc": accs, "final_test_acc": accs[-1], "last_min_test_acc": min(accs[-last_n:]),
-                     "holds_bar": min(accs[-last_n:]) >= BAR, "config": {**run["config"], "ema_decay": float(decay)}})
-    return seen
+    return [_read_through(run, run["averages"][decay], {"ema_decay": float(decay)}) for run in runs]
+
+
+def as_tested_with_kept_bn(runs: list[dict]) -> list[dict]:
+    """``runs`` made with ``bn_recompute`` as they read through the average as kept, with its averaged
+    batch-norm statistics (``averaged_bn``): what the same recipe without ``bn_recompute`` tests."""
+    return [_read_through(run, run["averaged_bn"], {"bn_recompute": None}) for run in runs]
 
 
 def average_rows(runs: list[dict], last_n: int = 5) -> list[dict]:
@@ -274,8 +286,13 @@ def average_rows(runs: list[dict], last_n: int = 5) -> list[dict]:
     every extra one (``extra_ema_decays``). Training is shared, so the rows are paired seed by seed.
     Each row: last-5 minima, their mean/std/margin and the mean test loss of the last 5 epochs
     (continuous, so far less noisy than a minimum of accuracies rounded to 0.01)."""
-    views = {f"EMA {runs[0]['config'].get('ema_decay')} (the run's own)": [(r["test_acc"], r.get("test_loss"))
-                                                                           for r in runs]}
+    own = f"EMA {runs[0]['config'].get('ema_decay')}"
+    if "averaged_bn" in runs[0]:
+        own += f", BN statistics measured on {runs[0]['config']['bn_recompute']} digits"
+    views = {f"{own} (the run's own)": [(r["test_acc"], r.get("test_loss")) for r in runs]}
+    if "averaged_bn" in runs[0]:
+        views[f"EMA {runs[0]['config'].get('ema_decay')}, its averaged BN statistics"] = [
+            (r["averaged_bn"]["test_acc"], r["averaged_bn"]["test_loss"]) for r in runs]
     for decay in runs[0].get("averages", {}):
         views[f"EMA {decay}"] = [(r["averages"][decay]["test_acc"], r["averages"][decay]["test_loss"])
                                  for r in runs]
@@ -291,12 +308,13 @@ def average_rows(runs: list[dict], last_n: int = 5) -> list[dict]:
 
 
 def averages_table(results_dir: Path) -> str:
-    """Studies whose runs tested several averages (``extra_ema_decays``): one row per average."""
+    """Studies whose runs tested several averages (``extra_ema_decays``) or one average two ways
+    (``bn_recompute``): one row per average and way."""
     rows = ["| study | candidate | average | seeds | hold | last-5 min per seed | mean ± std | margin | "
             "last-5 test loss |", "|---|---|---|---|:-:|---|--:|--:|--:|"]
     for path in study_paths(results_dir):
         for name, runs in candidates(load_results(path)).items():
-            if not runs[0].get("averages"):
+            if not runs[0].get("averages") and "averaged_bn" not in runs[0]:
                 continue
             seeds = _seeds(sorted(r["config"]["seed"] for r in runs))
             for row in average_rows(runs):
