@@ -101,11 +101,11 @@ def test_ablation_table_compares_on_the_same_seeds(tmp_path):
     save_json(tmp_path / "05_final.json", dict(config=FINAL))
     failed = dict(run="seed9", status="failed", config={**FINAL, "seed": 9})  # a crashed run has no params
     save_json(tmp_path / "seeds.json", dict(runs=[failed, *[_run(f"seed{s}", s, 99.45, True) for s in range(5)]]))
-    save_json(tmp_path / "ablation_ema.json",
+    save_json(tmp_path / "ablation_4808_ema.json",
               dict(runs=[_run(f"seed{s}", s, 99.30, False, ema_decay=None) for s in range(3)]))
     lines = search.ablation_table(tmp_path).splitlines()
     assert lines[2].startswith("| nothing: the final recipe | `seeds.json` | 0–2 | 3/3 |")
-    assert lines[3].startswith("| EMA off | `ablation_ema.json` | 0–2 | 0/3 | 99.30 ± 0.00 |")
+    assert lines[3].startswith("| EMA off | `ablation_4808_ema.json` | 0–2 | 0/3 | 99.30 ± 0.00 |")
 
 
 def test_an_ablation_of_an_earlier_final_stays_paired_with_that_finals_runs(tmp_path):
@@ -116,13 +116,13 @@ def test_an_ablation_of_an_earlier_final_stays_paired_with_that_finals_runs(tmp_
     save_json(tmp_path / "seeds_4808_seeds.json", dict(runs=[_run(f"seed{s}", s, 99.45, True) for s in range(5)]))
     save_json(tmp_path / "seeds_4808_other_recipe.json",
               dict(runs=[_run(f"seed{s}", s, 99.10, True, lr=0.2) for s in range(5)]))
-    save_json(tmp_path / "ablation_ema.json",
+    save_json(tmp_path / "ablation_4808_ema.json",
               dict(runs=[_run(f"seed{s}", s, 99.30, False, ema_decay=None) for s in range(3)]))
     lines = search.ablation_table(tmp_path).splitlines()
     # the twopool runs of the final recipe on the ablation's seeds, not today's final and not another recipe
     assert lines[2].startswith("| nothing: the final recipe on the previous final, `twopool` (4,808 parameters) "
                                "| `seeds_4808_seeds.json` | 0–2 | 3/3 | 99.45 ± 0.00 |")
-    assert lines[3].startswith("| EMA off | `ablation_ema.json` | 0–2 |")
+    assert lines[3].startswith("| EMA off | `ablation_4808_ema.json` | 0–2 |")
     (tmp_path / "seeds_4808_seeds.json").unlink()
     assert search.ablation_table(tmp_path).startswith("_No seed study of the ablated recipe")
 
@@ -171,7 +171,7 @@ def test_speed_line_reads_the_benchmark(tmp_path):
 def test_ablation_table_asks_for_a_fresh_seed_study_when_runs_lack_configs(tmp_path):
     save_json(tmp_path / "05_final.json", dict(config=FINAL))
     save_json(tmp_path / "seeds.json", dict(runs=[dict(run="seed0", status="ok", params=4808)]))
-    save_json(tmp_path / "ablation_ema.json", dict(runs=[_run("seed0", 0, 99.30, False, ema_decay=None)]))
+    save_json(tmp_path / "ablation_4808_ema.json", dict(runs=[_run("seed0", 0, 99.30, False, ema_decay=None)]))
     assert "run `make seeds`" in search.ablation_table(tmp_path)
 
 
@@ -217,22 +217,32 @@ def test_ablations_of_two_finals_each_stay_paired_with_their_own_runs(tmp_path):
     save_json(tmp_path / "seeds.json", dict(runs=[_run(f"seed{s}", s, 99.55, True, 4880, arch="separable_wide")
                                                   for s in range(10)]))
     save_json(tmp_path / "seeds_4808_seeds.json", dict(runs=[_run(f"seed{s}", s, 99.45, True) for s in range(5)]))
-    save_json(tmp_path / "ablation_ema.json",
+    save_json(tmp_path / "ablation_4808_ema.json",
               dict(runs=[_run(f"seed{s}", s, 99.30, False, ema_decay=None) for s in range(3)]))
-    save_json(tmp_path / "ablation_lr.json",
+    save_json(tmp_path / "ablation_4880_lr.json",
               dict(runs=[_run(f"seed{s}", s, 99.50, True, 4880, arch="separable_wide", lr=0.2) for s in range(3)]))
     lines = search.ablation_table(tmp_path).splitlines()
     assert lines[2].startswith("| nothing: the final recipe | `seeds.json` | 0–2 | 3/3 | 99.55 ± 0.00 |")
-    assert lines[3].startswith("| peak LR 0.2 | `ablation_lr.json` | 0–2 | 3/3 | 99.50 ± 0.00 |")
+    assert lines[3].startswith("| peak LR 0.2 | `ablation_4880_lr.json` | 0–2 | 3/3 | 99.50 ± 0.00 |")
     assert lines[4].startswith("| nothing: the final recipe on the previous final, `twopool` (4,808 parameters) "
                                "| `seeds_4808_seeds.json` | 0–2 |")
-    assert lines[5].startswith("| EMA off | `ablation_ema.json` | 0–2 | 0/3 | 99.30 ± 0.00 |")
-    save_json(tmp_path / "ablation_mixed.json", dict(runs=[_run("seed0", 0, 99.3, True),
+    assert lines[5].startswith("| EMA off | `ablation_4808_ema.json` | 0–2 | 0/3 | 99.30 ± 0.00 |")
+    save_json(tmp_path / "ablation_4880_mixed.json", dict(runs=[_run("seed0", 0, 99.3, True),
                                                            _run("seed1", 1, 99.3, True, 4880, arch="separable_wide")]))
     assert "does not ablate one net" in search.ablation_table(tmp_path)
-    (tmp_path / "ablation_mixed.json").unlink()
-    save_json(tmp_path / "ablation_slim.json", dict(runs=[_run("seed0", 0, 99.3, True, arch="slim")]))
-    assert "net name several archs" in search.ablation_table(tmp_path)  # whose final is the 4,808 block?
+    (tmp_path / "ablation_4880_mixed.json").unlink()
+    # an earlier final's net is the one most of its ablations ran; a tie cannot be told
+    slim = dict(arch="slim", layout="slim")
+    save_json(tmp_path / "ablation_4808_slim.json",
+              dict(runs=[_run(f"seed{s}", s, 99.3, True, **slim) for s in range(3)]))
+    assert "ran several nets equally often" in search.ablation_table(tmp_path)
+    save_json(tmp_path / "ablation_4808_lr.json",
+              dict(runs=[_run(f"seed{s}", s, 99.2, True, lr=0.2) for s in range(3)]))
+    lines = search.ablation_table(tmp_path).splitlines()
+    assert lines[4].startswith("| nothing: the final recipe on the previous final, `twopool` (4,808 parameters) |")
+    assert any(line.startswith("| layout `slim` (`slim`) | `ablation_4808_slim.json` |") for line in lines)
+    save_json(tmp_path / "ablation_ema.json", dict(runs=[_run("seed0", 0, 99.3, True)]))
+    assert "is not named `ablation_<params" in search.ablation_table(tmp_path)
 
 
 def test_a_layout_ablation_of_the_same_size_joins_its_finals_block(tmp_path):
@@ -240,18 +250,18 @@ def test_a_layout_ablation_of_the_same_size_joins_its_finals_block(tmp_path):
     padded = dict(arch="separable_shiftbn_pad", layout="shiftbn c8 c8 M d24p d32 d32 d32")
     save_json(tmp_path / "05_final.json", dict(config={**FINAL, **padded}))
     save_json(tmp_path / "seeds.json", dict(runs=[_run(f"seed{s}", s, 99.55, True, **padded) for s in range(10)]))
-    save_json(tmp_path / "ablation_ema.json",
+    save_json(tmp_path / "ablation_4808_ema.json",
               dict(runs=[_run(f"seed{s}", s, 99.30, False, ema_decay=None, **padded) for s in range(3)]))
     unpadded = dict(arch="separable_shiftbn", layout="shiftbn c8 c8 M d24 d32 d32 d32")
-    save_json(tmp_path / "ablation_no_padding.json",
+    save_json(tmp_path / "ablation_4808_no_padding.json",
               dict(runs=[_run(f"seed{s}", s, 99.44, True, **unpadded) for s in range(3)]))
     lines = search.ablation_table(tmp_path).splitlines()
     assert len(lines) == 5 and lines[2].startswith("| nothing: the final recipe | `seeds.json` | 0–2 | 3/3 | 99.55")
-    assert lines[3].startswith("| EMA off | `ablation_ema.json` |")
+    assert lines[3].startswith("| EMA off | `ablation_4808_ema.json` |")
     assert lines[4].startswith("| layout `shiftbn c8 c8 M d24 d32 d32 d32` (`separable_shiftbn`) "
-                               "| `ablation_no_padding.json` | 0–2 | 3/3 | 99.44 ± 0.00 |")
+                               "| `ablation_4808_no_padding.json` | 0–2 | 3/3 | 99.44 ± 0.00 |")
     # a layout ablation that also changes a setting says both
-    save_json(tmp_path / "ablation_no_padding.json",
+    save_json(tmp_path / "ablation_4808_no_padding.json",
               dict(runs=[_run(f"seed{s}", s, 99.44, True, lr=0.2, **unpadded) for s in range(3)]))
     assert "| layout `shiftbn c8 c8 M d24 d32 d32 d32` (`separable_shiftbn`), peak LR 0.2 |" in \
         search.ablation_table(tmp_path)
@@ -278,19 +288,19 @@ def test_an_ablation_made_in_the_earlier_memory_format_stays_paired_with_the_run
     save_json(tmp_path / "seeds.json", dict(runs=[_run(f"seed{s}", s, 99.55, True, **cl) for s in range(10)]))
     save_json(tmp_path / "seeds_4808_contiguous.json",
               dict(runs=[_run(f"seed{s}", s, 99.45, True, extra_ema_decays=[0.9995]) for s in range(10)]))
-    save_json(tmp_path / "ablation_ema.json",
+    save_json(tmp_path / "ablation_4808_ema.json",
               dict(runs=[_run(f"seed{s}", s, 99.30, False, ema_decay=None) for s in range(3)]))
     lines = search.ablation_table(tmp_path).splitlines()
     assert len(lines) == 4
     assert lines[2].startswith("| nothing: the final recipe; made contiguous | `seeds_4808_contiguous.json` | 0–2 "
                                "| 3/3 | 99.45 ± 0.00 |")
-    assert lines[3].startswith("| EMA off; made contiguous | `ablation_ema.json` | 0–2 | 0/3 | 99.30 ± 0.00 |")
+    assert lines[3].startswith("| EMA off; made contiguous | `ablation_4808_ema.json` | 0–2 | 0/3 | 99.30 ± 0.00 |")
     # a channels-last ablation of today's final comes first, beside today's seed study, unlabelled
-    save_json(tmp_path / "ablation_lr.json",
+    save_json(tmp_path / "ablation_4808_lr.json",
               dict(runs=[_run(f"seed{s}", s, 99.50, True, lr=0.2, **cl) for s in range(3)]))
     lines = search.ablation_table(tmp_path).splitlines()
     assert lines[2].startswith("| nothing: the final recipe | `seeds.json` | 0–2 | 3/3 | 99.55 ± 0.00 |")
-    assert lines[3].startswith("| peak LR 0.2 | `ablation_lr.json` | 0–2 | 3/3 | 99.50 ± 0.00 |")
+    assert lines[3].startswith("| peak LR 0.2 | `ablation_4808_lr.json` | 0–2 | 3/3 | 99.50 ± 0.00 |")
     assert lines[4].startswith("| nothing: the final recipe; made contiguous | `seeds_4808_contiguous.json` |")
     (tmp_path / "seeds_4808_contiguous.json").unlink()
     assert search.ablation_table(tmp_path).startswith("_No seed study of the ablated recipe")
@@ -313,3 +323,35 @@ def test_runs_with_measured_bn_statistics_read_through_the_average_as_kept(tmp_p
     save_json(tmp_path / "search_29_x.json", dict(runs=runs))
     table = search.averages_table(tmp_path).splitlines()
     assert len(table) == 4 and "its averaged BN statistics" in table[3] and "99.45, 99.38" in table[3]
+
+
+def test_a_new_levers_ablation_of_another_size_and_the_kept_statistics_sit_in_todays_block(tmp_path):
+    """Today's final (bn_recompute, channels-last) ablated by its predecessor's layout (more parameters,
+    named by today's count), with the seed study read through the average as kept; the earlier final's
+    ablations, made contiguous with averaged statistics, keep their block and say so."""
+    today = dict(memory_format="channels_last", bn_recompute=10000, arch="separable_stem",
+                 layout="shiftbn c8 d8 M d24p d32 d32 d32")
+    save_json(tmp_path / "05_final.json", dict(config={**FINAL, **today}))
+    seeds = []
+    for s in range(10):
+        run = _run(f"seed{s}", s, 99.50, True, 4536, **today)
+        run.update(test_acc=[99.5] * 15, averaged_bn=dict(test_acc=[99.44] * 15, test_loss=[0.02] * 15))
+        seeds.append(run)
+    save_json(tmp_path / "seeds.json", dict(runs=seeds))
+    old = dict(arch="separable_shiftbn_pad", layout="shiftbn c8 c8 M d24p d32 d32 d32")
+    save_json(tmp_path / "ablation_4536_full_stem.json",
+              dict(runs=[_run(f"seed{s}", s, 99.47, True, 4976, **{**today, **old}) for s in range(3)]))
+    save_json(tmp_path / "seeds_4976_contiguous.json", dict(runs=[_run(f"seed{s}", s, 99.52, True, 4976, **old)
+                                                                   for s in range(10)]))
+    save_json(tmp_path / "ablation_4976_ema_off.json",
+              dict(runs=[_run(f"seed{s}", s, 99.30, False, 4976, ema_decay=None, **old) for s in range(3)]))
+    lines = search.ablation_table(tmp_path).splitlines()
+    assert len(lines) == 7
+    assert lines[2].startswith("| nothing: the final recipe | `seeds.json` | 0–2 | 3/3 | 99.50 ± 0.00 |")
+    assert lines[3].startswith("| averaged BN statistics (the same runs, through this average) | `seeds.json` | 0–2 "
+                               "| 3/3 | 99.44 ± 0.00 |")
+    assert lines[4].startswith("| layout `shiftbn c8 c8 M d24p d32 d32 d32` (`separable_shiftbn_pad`, 4,976 "
+                               "parameters) | `ablation_4536_full_stem.json` | 0–2 | 3/3 | 99.47 ± 0.00 |")
+    assert lines[5].startswith("| nothing: the final recipe on the previous final, `separable_shiftbn_pad` (4,976 "
+                               "parameters); made contiguous, averaged BN statistics | `seeds_4976_contiguous.json` |")
+    assert lines[6].startswith("| EMA off; made contiguous, averaged BN statistics | `ablation_4976_ema_off.json` |")

@@ -145,6 +145,12 @@ def frontier_points(results_dir: Path) -> list[dict]:
     return points
 
 
+# Settings that decide how a run is evaluated or laid out, not which recipe it is: an ablation is paired
+# with the seed study made with its own values of them (an ablation of an earlier final made before one
+# existed reads as its ``absent`` value).
+EVALUATION_SETTINGS = ("memory_format", "bn_recompute")
+
+
 def trained_recipe(config: dict) -> dict:
     """A run's recipe as far as it decides the trajectory and the tested average: ``comparable`` less
     the extra averages, which are instruments beside the run (they change no bit of it)."""
@@ -155,14 +161,19 @@ def memory_format_of_run(run: dict) -> str:
     return comparable(run["config"])["memory_format"]
 
 
+def evaluation_of_run(run: dict) -> dict:
+    flat = comparable(run["config"])
+    return {name: flat[name] for name in EVALUATION_SETTINGS}
+
+
 def ablated_final(results_dir: Path, final: dict, arch: str, seeds: set[int],
-                  memory_format: str | None = None) -> tuple[str, dict] | None:
+                  evaluation: dict | None = None) -> tuple[str, dict] | None:
     """The seed study of the final recipe on ``arch`` that ran ``seeds``: ``results/seeds.json`` when
     the final is that net, else the kept study (``seeds_*.json``) whose runs have the final recipe
-    with that arch (``final``: today's final config), in the ablation's ``memory_format`` (None: the
-    final's). An ablation made on an earlier final, or in another memory format, stays paired with
-    the runs it was made beside."""
-    wanted = trained_recipe({**final, "arch": arch, **({"memory_format": memory_format} if memory_format else {})})
+    with that arch (``final``: today's final config), with the ablation's ``evaluation`` settings
+    (``EVALUATION_SETTINGS``; None: the final's). An ablation made on an earlier final, or in another
+    memory format, stays paired with the runs it was made beside."""
+    wanted = trained_recipe({**final, "arch": arch, **(evaluation or {})})
     for path in [results_dir / "seeds.json", *sorted(results_dir.glob("seeds_*.json"))]:
         if not path.exists():
             continue
@@ -174,16 +185,21 @@ def ablated_final(results_dir: Path, final: dict, arch: str, seeds: set[int],
     return None
 
 
+ABLATION_NAME = re.compile(r"ablation_(\d+)_\w+\.json")
+
+
 def ablation_table(results_dir: Path) -> str:
-    """One row per ablation study (``results/ablation_*.json``) next to the runs of the recipe it
-    ablated on the same seeds (the seed study of that net, ``ablated_final``), and one row per extra
-    average those runs tested (``extra_ema_decays``): the same runs judged through that average, so
-    no run of its own. Studies are grouped by the final they ablate, told by its parameter count:
-    an ablation keeps the net's size (a layout ablation like padding moves no parameter), so a study
-    of another arch with the final's count is that final's layout ablation; and by memory format,
-    since an ablation is paired with runs made in its own. Ablations of an earlier final, or in an
-    earlier memory format, stay in a block of their own after today's; such a block's first row
-    names its net and every row of it its memory format."""
+    """One row per ablation study (``results/ablation_<params>_<what>.json``) next to the runs of the
+    recipe it ablated on the same seeds (the seed study of that net, ``ablated_final``), and one row
+    per other way those runs were tested (an extra average, ``extra_ema_decays``; the average as kept,
+    ``bn_recompute``): the same runs judged another way, so no run of its own.
+
+    A study's name gives the parameter count of the final it ablates, so a layout ablation (another
+    arch, of any size) sits in its final's block. The net of an earlier final is the arch most of its
+    studies ran. Studies are also grouped by their evaluation settings (memory format, batch-norm
+    statistics), since an ablation is paired with runs made with its own. Today's final comes first;
+    an earlier final's block, or one made with other evaluation settings, follows, its first row naming
+    its net and every row the settings it was made with."""
     final, seeds = results_dir / "05_final.json", results_dir / "seeds.json"
     paths = sorted(results_dir.glob("ablation_*.json"))
     if not (paths and final.exists() and seeds.exists()):
@@ -193,44 +209,59 @@ def ablation_table(results_dir: Path) -> str:
         return "_The saved seed study predates per-run configs: run `make seeds`, then the ablation table follows._"
     final_config = load_results(final)["config"]
     final_params = next((r["params"] for r in seed_runs if r["status"] == "ok"), None)
-    final_format = comparable(final_config)["memory_format"]
-    by_size: dict[tuple[int, str], list[tuple[str, dict]]] = {}
-    archs_by_size: dict[int, set[str]] = {}
+    final_evaluation = evaluation_of_run(dict(config=final_config))
+    blocks: dict[tuple, list[tuple[str, dict]]] = {}
     for path in paths:
+        named = ABLATION_NAME.fullmatch(path.name)
+        if not named:
+            return f"_`{path.name}` is not named `ablation_<params of the final it ablates>_<what>.json`._"
         study = load_results(path)
         ok = [r for r in study["runs"] if r["status"] == "ok"]
+        evaluations = {tuple(evaluation_of_run(r).items()) for r in ok}
         if len({r["config"].get("arch") for r in ok}) != 1 or len({r["params"] for r in ok}) != 1 \
-                or len({memory_format_of_run(r) for r in ok}) != 1:
+                or len(evaluations) != 1:
             return f"_`{path.name}` does not ablate one net: run `make ablation` on one final._"
-        by_size.setdefault((ok[0]["params"], memory_format_of_run(ok[0])), []).append((path.name, study))
-        archs_by_size.setdefault(ok[0]["params"], set()).add(ok[0]["config"].get("arch"))
+        blocks.setdefault((int(named[1]), evaluations.pop()), []).append((path.name, study))
     rows = ["| what changes | study | seeds | hold | last-5 min (mean ± std) | worst | final test (mean) |",
             "|---|---|---|:-:|--:|--:|--:|"]
     cache: dict = {}
-    # today's final first, in today's memory format first
-    for size, layout in sorted(by_size, key=lambda key: (key[0] != final_params, key[1] != final_format)):
-        archs = archs_by_size[size]
+    today = tuple(final_evaluation.items())
+    for size, evaluation in sorted(blocks, key=lambda key: (key[0] != final_params, key[1] != today)):
+        studies = blocks[size, evaluation]
         if size == final_params:
             arch = final_config.get("arch")
-        elif len(archs) == 1:
-            arch = next(iter(archs))
-        else:
-            return (f"_The ablations of the {size:,}-parameter net name several archs: "
-                    "only today's final has layout ablations._")
-        block = _ablation_rows(results_dir, final_config, arch, by_size[size, layout], cache,
-                               None if layout == final_format else layout)
+        else:  # an earlier final: the net most of its studies ran (a layout ablation is one of them)
+            archs = [s["runs"][0]["config"].get("arch") for _, s in studies]
+            arch = max(set(archs), key=archs.count)
+            if sum(archs.count(arch) == archs.count(a) for a in set(archs)) > 1:
+                return (f"_The ablations of the earlier {size:,}-parameter final ran several nets equally often: "
+                        "which was the final cannot be told._")
+        other = {k: v for k, v in evaluation if final_evaluation[k] != v}
+        block = _ablation_rows(results_dir, final_config, arch, studies, cache, other)
         if block is None:
             return "_No seed study of the ablated recipe is saved: run `make seeds` and `make ablation` on one final._"
         rows += block
     return "\n".join(rows)
 
 
+def made_with(evaluation: dict) -> str:
+    """How a block's rows name evaluation settings that are not today's final's."""
+    said = []
+    if "memory_format" in evaluation:
+        said.append(f"made {evaluation['memory_format']}")
+    if "bn_recompute" in evaluation:
+        value = evaluation["bn_recompute"]
+        said.append(SETTINGS["bn_recompute"].off if value is None else
+                    SETTINGS["bn_recompute"].label.format(value))
+    return ", ".join(said)
+
+
 def _ablation_rows(results_dir: Path, final_config: dict, arch: str, studies: list[tuple[str, dict]],
-                   cache: dict, other_format: str | None = None) -> list[str] | None:
-    """A block of ``ablation_table``; ``other_format``: the memory format of studies made in another
-    one than today's final, which each row then names."""
+                   cache: dict, other: dict) -> list[str] | None:
+    """A block of ``ablation_table``; ``other``: the evaluation settings of studies made with other values
+    than today's final, which each row then names."""
     used = {r["config"]["seed"] for _, s in studies for r in s["runs"] if r["status"] == "ok"}
-    found = ablated_final(results_dir, final_config, arch, used, other_format)
+    found = ablated_final(results_dir, final_config, arch, used, other)
     if found is None:
         return None
     base_name, base = found
@@ -249,12 +280,13 @@ def _ablation_rows(results_dir: Path, final_config: dict, arch: str, studies: li
             r = candidate_row(runs, reference, cache)
             final_mean = statistics.mean(x["final_test_acc"] for x in runs)
             label = nothing if summary is base else r["recipe"]
-            if r["arch"] != arch:  # a layout ablation: same size, another arrangement
-                label = f"layout `{r['layout']}` (`{r['arch']}`)" + ("" if label == "same" else f", {label}")
+            if r["arch"] != arch:  # a layout ablation: another arrangement (or size) of the final's net
+                size = "" if r["params"] == base["runs"][0]["params"] else f", {r['params']:,} parameters"
+                label = f"layout `{r['layout']}` (`{r['arch']}`{size})" + ("" if label == "same" else f", {label}")
             if summary is not base and name == base_name:
                 label += " (the same runs, through this average)"
-            if other_format:
-                label += f"; made {other_format}"
+            if other:
+                label += f"; {made_with(other)}"
             rows.append(f"| {label} | `{name}` | {_seeds(r['seeds'])} | {r['holding']}/{r['runs']} "
                         f"| {r['last_min']} | {r['worst']:.2f} | {final_mean:.2f} |")
     return rows
