@@ -66,7 +66,6 @@ def _nothing_written(tmp_path):
     (dict(bn_recompute=0), "bn_recompute must be None or an integer between 1 and 60000"),
     (dict(bn_recompute=2.5), "bn_recompute must be None or an integer"),
     (dict(bn_recompute=1000, ema_decay=None), "bn_recompute needs ema_decay"),
-    (dict(bn_recompute=5000, train_limit=1000), "bn_recompute must be at most train_limit"),
 ])
 def test_a_bad_setting_fails_before_any_file(changes, message, tmp_path, monkeypatch):
     monkeypatch.delenv("MNIST_SMOKE", raising=False)

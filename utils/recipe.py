@@ -168,10 +168,10 @@ SETTINGS: dict[str, Setting] = {
                                 "final has none; a study that compares horizons asks for them (round 3's 0.9995)",
                                 decays, absent=[]),
     "bn_recompute": Setting(None, "None: the average is tested with its own batch-norm statistics, averaged like its "
-                            "weights; an int n: before each test a copy of the average gets statistics measured on "
-                            "the first n clean training digits, and that copy is tested (the kept statistics come "
-                            "from older weights, and a weight average can drift away from them); the average as "
-                            "kept is tested beside it, so both compare on one trajectory",
+                            "weights from statistics of older weights; an int n: before each test a copy of the "
+                            "average gets statistics measured on the first n clean training digits (all of a smaller "
+                            "subset) and that copy is tested, with the average as kept tested beside it (one "
+                            "trajectory, two readings)",
                             integer(1, 60_000, optional=True), label="BN statistics measured on {} digits",
                             off="averaged BN statistics"),
     # The arithmetic
@@ -216,9 +216,6 @@ class Recipe:
         if values.get("bn_recompute") is not None:
             if values.get("ema_decay", SETTINGS["ema_decay"].default) is None:
                 raise ValueError("bn_recompute needs ema_decay: it measures the average's batch-norm statistics")
-            if values.get("train_limit") is not None and values["bn_recompute"] > values["train_limit"]:
-                raise ValueError(f"bn_recompute must be at most train_limit ({values['train_limit']:,} images), "
-                                 f"got {values['bn_recompute']!r}")
         if "arch" in values:  # the model builds with these settings, or says why not
             _model(values["arch"], values.get("dropout"), values.get("dropout_kind", "element"))
         self._values = dict(values)

@@ -280,10 +280,11 @@ def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None, ema
     ``memory_format``: "contiguous" or "channels_last" (``MEMORY_FORMATS``): the model is converted in
     place before training (its parameters stay the optimizer's) and every batch is put in that layout.
     ``bn_recompute`` (an int n; needs ``ema_decay``): before each test, a copy of the average gets its
-    batch-norm statistics measured on the first n clean training digits (``train_loader.clean_subset``,
-    ``with_measured_bn``) and that copy is tested (at the end the model holds it); the average as kept,
-    with its averaged statistics, is tested beside it (``row["averaged_bn"]``). Training and the average
-    itself are untouched, so the two arms compare on one trajectory.
+    batch-norm statistics measured on the first n clean training digits (all of a smaller training set;
+    ``train_loader.clean_subset``, ``with_measured_bn``) and that copy is tested (at the end the model
+    holds it); the average as kept, with its averaged statistics, is tested beside it
+    (``row["averaged_bn"]``). Training and the average itself are untouched, so the two arms compare on
+    one trajectory.
     """
     layout = memory_format_of(memory_format)
     scheduler_per_batch = isinstance(scheduler, PER_BATCH_SCHEDULERS)
@@ -298,7 +299,7 @@ def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None, ema
             raise ValueError("bn_recompute needs ema_decay: it measures the average's batch-norm statistics")
         if not hasattr(train_loader, "clean_subset"):
             raise ValueError("bn_recompute needs a loader with clean_subset (utils.DeviceLoader, mnist_loaders)")
-        bn_batches = train_loader.clean_subset(bn_recompute)
+        bn_batches = train_loader.clean_subset(min(bn_recompute, len(train_loader.y)))  # a quick subset: all of it
     model.to(memory_format=layout)  # in place, before the averages copy it
     ema = None if ema_decay is None else weight_average(model, ema_decay)
     extras = {str(d): weight_average(model, d) for d in extra_ema_decays}
