@@ -75,7 +75,8 @@ def phase_comparisons(device, data_dir, steps: int, repeats: int, test_limit: in
                              **{k: getattr(recipe, k) for k in ("rotate", "translate", "scale")})
         report[name] = phases.compare_paths(paths, lambda: build(recipe),
                                             lambda m: final_training(m, recipe, len(train)), train, test, device,
-                                            steps=steps, repeats=repeats)
+                                            steps=steps, repeats=repeats,
+                                            bn_recompute=recipe.config.get("bn_recompute"))
         report[name].update(model=recipe.arch if name == "final" else "regularized_net",
                             params=count_params(build(recipe)))
         print(f"{name}: " + ", ".join(f"{row['path']} {row['seconds_per_epoch']['total']:.1f} s/epoch "

@@ -11,7 +11,8 @@ the machine falls on all of them alike; the figures are the medians over repetit
 Phases of one training step: ``forward`` (zero_grad, the batch into its layout, the forward pass and
 the loss), ``backward``, ``optimizer`` (SGD's step and the schedule's), ``averages`` (each weight
 average's update); per epoch also ``augmentation`` (drawing and warping an augmented epoch's
-batches: the clean tail has none) and ``evaluation`` (the test set, once per average tested).
+batches: the clean tail has none) and ``evaluation`` (the test set, once per average tested; with the
+recipe's ``bn_recompute``, also measuring the average's batch-norm statistics and testing it as kept).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel
 
 from .data import DeviceLoader, draw_affine, warp
-from .train import WarmupAverage, ema_avg_fn, ema_multi_avg_fn, evaluate, memory_format_of
+from .train import WarmupAverage, ema_avg_fn, ema_multi_avg_fn, evaluate, memory_format_of, with_measured_bn
 
 STEP_PHASES = ("forward", "backward", "optimizer", "averages")
 EPOCH_PHASES = (*STEP_PHASES, "augmentation", "evaluation")
@@ -150,23 +151,30 @@ def time_augmentation(loader: DeviceLoader, path: TrainingPath, batches: int, de
     return (time.perf_counter() - start) / batches
 
 
-def time_evaluation(model, test_loader, path: TrainingPath, device) -> float:
+def time_evaluation(model, test_loader, path: TrainingPath, device, bn_batches=None) -> float:
+    """Seconds for one epoch's tests: each average tested once, and with ``bn_batches`` (``fit``'s
+    ``bn_recompute``) the run's own measured afresh on them and tested again."""
     _sync(device)
     start = time.perf_counter()
-    evaluate(model, test_loader, path.layout)
+    for _ in range(max(path.tested, 1)):
+        evaluate(model, test_loader, path.layout)
+    if bn_batches is not None:
+        evaluate(with_measured_bn(model, bn_batches, path.layout), test_loader, path.layout)
     _sync(device)
     return time.perf_counter() - start
 
 
 def compare_paths(paths, make_model, make_optimizer, train_loader: DeviceLoader, test_loader, device,
-                  steps: int = 100, repeats: int = 5) -> dict:
+                  steps: int = 100, repeats: int = 5, bn_recompute: int | None = None) -> dict:
     """Every path's phases, side by side: ``repeats`` rounds, each timing every path once (the order
     rotating), each on the same ``steps`` augmented batches. Returns per path the median seconds per
-    epoch of each phase and in all, and its speed-up over the first path (the recorded one)."""
+    epoch of each phase and in all, and its speed-up over the first path (the recorded one).
+    ``bn_recompute``: the recipe's, which every path's evaluation then pays."""
     if steps < 1 or repeats < 1:
         raise ValueError(f"steps and repeats must be >= 1, got {steps} and {repeats}")
     train_loader.generator.manual_seed(0)
     batches = list(itertools.islice(iter(train_loader), steps))
+    bn_batches = None if bn_recompute is None else train_loader.clean_subset(min(bn_recompute, len(train_loader.y)))
     per_epoch = len(train_loader)
     rounds: dict[str, list[dict]] = {p.name: [] for p in paths}
     for r in range(repeats + 1):  # round 0 warms every path up and is not counted
@@ -174,7 +182,7 @@ def compare_paths(paths, make_model, make_optimizer, train_loader: DeviceLoader,
             step, model = time_steps(make_model, make_optimizer, batches, path, device)
             epoch = {phase: step[phase] * per_epoch for phase in STEP_PHASES}
             epoch["augmentation"] = time_augmentation(train_loader, path, steps, device) * per_epoch
-            epoch["evaluation"] = time_evaluation(model, test_loader, path, device) * max(path.tested, 1)
+            epoch["evaluation"] = time_evaluation(model, test_loader, path, device, bn_batches)
             epoch["total"] = sum(epoch.values())
             if r:
                 rounds[path.name].append(epoch)
@@ -187,4 +195,4 @@ def compare_paths(paths, make_model, make_optimizer, train_loader: DeviceLoader,
     for row in table:
         row["speedup"] = round(table[0]["seconds_per_epoch"]["total"] / row["seconds_per_epoch"]["total"], 3)
     return dict(steps=steps, repeats=repeats, steps_per_epoch=per_epoch, batch_size=train_loader.batch_size,
-                paths=table)
+                bn_recompute=bn_recompute, paths=table)

@@ -200,7 +200,10 @@ def phase_table(name: str, comparison: dict) -> list[str]:
     c = comparison
     rows = [f"**{name}** (`{c['model']}`, {c['params']:,} parameters, batch {c['batch_size']}, "
             f"{c['steps_per_epoch']:,} steps an epoch): seconds per augmented epoch, the median of {c['repeats']} "
-            f"side-by-side repetitions of {c['steps']} steps each.", "",
+            f"side-by-side repetitions of {c['steps']} steps each"
+            + (f"; every path's evaluation measures the average's batch-norm statistics on {c['bn_recompute']:,} "
+               "clean digits and tests it both ways (the recipe's `bn_recompute`)" if c.get("bn_recompute") else "")
+            + ".", "",
             "| path | what changes | bits | forward | backward | optimizer | averages | augmentation | "
             "evaluation | epoch | speed-up |", "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for r in c["paths"]:
