@@ -152,6 +152,18 @@ def test_a_run_recorded_before_the_memory_format_setting_repeats_through_its_abs
     assert rerun["averages"] == first["averages"] and len(rerun["test_acc"]) == 15
 
 
+def test_the_flat_average_repeats_a_run_made_with_the_foreach_one():
+    """Round 5's first screen ran before the weight average became one flat tensor (``WarmupAverage``);
+    its first run, rerun by the batch runner on the code after it, gives the same 15 test accuracies and
+    losses in both readings (measured and kept batch-norm statistics) to the last digit."""
+    first = load_results(RESULTS / "search_29_separable_stem.json")["runs"][0]
+    rerun = load_results(RESULTS / "repro_check_4536_separable_stem_first_run.json")["runs"][0]
+    assert literal_recipe(rerun["config"]) == literal_recipe(first["config"])
+    assert rerun["config"]["seed"] == first["config"]["seed"] and rerun["cpu"] == first["cpu"]
+    assert rerun["test_acc"] == first["test_acc"] and rerun["test_loss"] == first["test_loss"]
+    assert rerun["averaged_bn"] == first["averaged_bn"] and len(rerun["test_acc"]) == 15
+
+
 def test_the_final_notebook_run_is_the_seed_studys_run_of_its_seed():
     """The main job runs 05_final with one thread under the AVX2 ceiling, as the batch runner does:
     its saved history is the seed study's run of the same seed, to the last digit."""
