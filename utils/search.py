@@ -157,10 +157,6 @@ def trained_recipe(config: dict) -> dict:
     return {k: v for k, v in comparable(config).items() if k != "extra_ema_decays"}
 
 
-def memory_format_of_run(run: dict) -> str:
-    return comparable(run["config"])["memory_format"]
-
-
 def evaluation_of_run(run: dict) -> dict:
     flat = comparable(run["config"])
     return {name: flat[name] for name in EVALUATION_SETTINGS}
