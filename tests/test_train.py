@@ -267,6 +267,10 @@ def test_measured_bn_statistics_are_tested_without_changing_the_run(small_mnist)
 
     kept, kept_model, _, _ = run()
     measured, measured_model, train, test = run(bn_recompute=300)
+    # An extra average of the run's own decay is the run's average: read the same way, it scores the same.
+    both, _, _, _ = run(bn_recompute=300, extra_ema_decays=[0.99])
+    assert [r["averages"]["0.99"] for r in both] == [{k: r[k] for k in ("test_loss", "test_acc")} for r in measured]
+    assert [r["test_acc"] for r in both] == [r["test_acc"] for r in measured]
     assert [r["train_loss"] for r in measured] == [r["train_loss"] for r in kept]  # the same trajectory
     assert [r["averaged_bn"]["test_acc"] for r in measured] == [r["test_acc"] for r in kept]
     assert [r["averaged_bn"]["test_loss"] for r in measured] == [r["test_loss"] for r in kept]

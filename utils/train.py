@@ -284,7 +284,7 @@ def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None, ema
     ``train_loader.clean_subset``, ``with_measured_bn``) and that copy is tested (at the end the model
     holds it); the average as kept, with its averaged statistics, is tested beside it
     (``row["averaged_bn"]``). Training and the average itself are untouched, so the two arms compare on
-    one trajectory.
+    one trajectory. The extra averages are then tested with measured statistics too, like the run's own.
     """
     layout = memory_format_of(memory_format)
     scheduler_per_batch = isinstance(scheduler, PER_BATCH_SCHEDULERS)
@@ -323,8 +323,9 @@ def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None, ema
             tested = with_measured_bn(tested, bn_batches, layout)
         test_loss, test_acc = evaluate(tested, test_loader, layout)
         averages = {}
-        for name, average in extras.items():
-            loss, acc = evaluate(average.module, test_loader, layout)
+        for name, average in extras.items():  # each read the way the run's own average is
+            extra = average.module if bn_batches is None else with_measured_bn(average.module, bn_batches, layout)
+            loss, acc = evaluate(extra, test_loader, layout)
             averages[name] = dict(test_loss=loss, test_acc=acc)
         seconds = time.perf_counter() - start
         if scheduler is not None and not scheduler_per_batch:
