@@ -68,6 +68,17 @@ def test_phase_comparison_refuses_empty_settings():
         phases.compare_paths(phases.STEP_PATHS, None, None, None, None, "cpu", steps=0)
 
 
+@pytest.mark.parametrize("bad, message", [
+    (dict(average_update="foreach_fast"), "average_update must be one of 'per tensor', 'foreach', 'flat'"),
+    (dict(memory_format="channels_first"), "memory_format must be one of"),
+    (dict(averages=(0.9998,), tested=2), "tested must be between 0 and the 1 averages"),
+    (dict(augment_chunk=0), "augment_chunk must be an integer >= 1"),
+])
+def test_a_mistyped_path_is_refused_where_it_is_written(bad, message):
+    with pytest.raises(ValueError, match=message):
+        phases.TrainingPath("typo", "a path with one bad field", **bad)
+
+
 def test_bad_benchmark_settings(data_dir):
     with pytest.raises(ValueError, match=">= 1"):
         bench.run_benchmark(data_dir=data_dir, batches=0, out=None)

@@ -44,6 +44,16 @@ class TrainingPath:
     augment_chunk: int = 1            # batches warped per grid_sample call
     same_bits: bool = True            # the recorded path's weights and tested figures, to the last bit
 
+    def __post_init__(self):  # a mistyped path fails where it is written, not minutes into a benchmark
+        if self.average_update not in AVERAGE_UPDATES:
+            raise ValueError(f"average_update must be one of {', '.join(map(repr, AVERAGE_UPDATES))}, "
+                             f"got {self.average_update!r}")
+        memory_format_of(self.memory_format)  # raises on an unknown name
+        if not 0 <= self.tested <= len(self.averages):
+            raise ValueError(f"tested must be between 0 and the {len(self.averages)} averages, got {self.tested!r}")
+        if not isinstance(self.augment_chunk, int) or self.augment_chunk < 1:
+            raise ValueError(f"augment_chunk must be an integer >= 1, got {self.augment_chunk!r}")
+
     @property
     def layout(self) -> torch.memory_format:
         return memory_format_of(self.memory_format)
