@@ -323,6 +323,9 @@ def test_runs_with_measured_bn_statistics_read_through_the_average_as_kept(tmp_p
     save_json(tmp_path / "search_29_x.json", dict(runs=runs))
     table = search.averages_table(tmp_path).splitlines()
     assert len(table) == 4 and "its averaged BN statistics" in table[3] and "99.45, 99.38" in table[3]
+    for run in runs:  # an extra average is read with measured statistics too (train.fit)
+        run["averages"] = {"0.9995": dict(test_acc=[99.4] * 15, test_loss=[0.02] * 15)}
+    assert search.average_rows(runs)[2]["average"] == "EMA 0.9995, BN statistics measured"
 
 
 def test_a_new_levers_ablation_of_another_size_and_the_kept_statistics_sit_in_todays_block(tmp_path):

@@ -321,8 +321,9 @@ def average_rows(runs: list[dict], last_n: int = 5) -> list[dict]:
     if "averaged_bn" in runs[0]:
         views[f"EMA {runs[0]['config'].get('ema_decay')}, its averaged BN statistics"] = [
             (r["averaged_bn"]["test_acc"], r["averaged_bn"]["test_loss"]) for r in runs]
+    measured = ", BN statistics measured" if "averaged_bn" in runs[0] else ""  # read as the run's own is
     for decay in runs[0].get("averages", {}):
-        views[f"EMA {decay}"] = [(r["averages"][decay]["test_acc"], r["averages"][decay]["test_loss"])
+        views[f"EMA {decay}{measured}"] = [(r["averages"][decay]["test_acc"], r["averages"][decay]["test_loss"])
                                  for r in runs]
     rows = []
     for label, curves in views.items():
