@@ -13,6 +13,7 @@ finished, so a failed or interrupted run never destroys the outputs already comm
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import time
@@ -31,8 +32,8 @@ from .paths import REPO, relative
 
 NOTEBOOKS = [REPO / "notebooks" / f"{name}.ipynb" for name in report.STEPS]
 LOGS = REPO / "runs" / "main"  # per notebook: output.log, kernel.log, progress.json
-# Relative cost of an epoch (measured: steps 3-4's dropout net is the slowest), to start it first.
-EXPECTED_EPOCH_COST = {"03_regularized": 3, "04_lr_scheduled": 3, "05_final": 3, "01_skeleton": 2, "02_lighter": 2}
+# A notebook never run yet is expected to take this long (steps 3-4's dropout net, the slowest).
+UNMEASURED_SECONDS = 400.0
 
 
 def resolve(names: list[str]) -> list[Path]:
@@ -69,6 +70,32 @@ def plan(paths: list[Path], jobs: int | None = None, cores: int | None = None) -
     return jobs or lanes(len(paths), threads, cores), threads
 
 
+def expected_seconds(path: Path, results_dir: Path = REPO / "results") -> float:
+    """How long a notebook's training takes, as its saved results record it (every run updates them)."""
+    try:
+        return float(sum(row["seconds"] for row in load_results(results_dir / f"{path.stem}.json")["history"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return UNMEASURED_SECONDS
+
+
+def makespan(seconds: list[float], jobs: int) -> float:
+    """When the last of these runs ends if each starts, in this order, on the first lane to be free."""
+    free = [0.0] * jobs
+    for s in seconds:
+        free[free.index(min(free))] += s
+    return max(free)
+
+
+def start_order(expected: dict[str, float], jobs: int) -> list[str]:
+    """The order to start runs in so that the last one ends soonest: every order is simulated (five
+    notebooks: 120), ties going to longest first. Longest first alone can leave three runs on one lane
+    and two long ones on the other, ending later than a shorter run started second would."""
+    longest_first = sorted(expected, key=lambda name: -expected[name])
+    if jobs >= len(expected) or len(expected) > 8:  # nothing to choose, or too many orders to try
+        return longest_first
+    return list(min(itertools.permutations(longest_first), key=lambda o: makespan([expected[n] for n in o], jobs)))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Run the notebooks at full length, in place.")
     parser.add_argument("notebooks", nargs="*", help="names such as 05_final (default: all five)")
@@ -83,8 +110,11 @@ def main(argv=None) -> int:
     jobs, threads = plan(paths, args.jobs)
     print(f"running {len(paths)} notebooks, {jobs} at a time with {threads} thread(s) each; "
           f"logs under {LOGS.relative_to(REPO)}/", flush=True)
-    # Longest first, so the last notebook to start is a short one.
-    order = sorted(paths, key=lambda p: -EXPECTED_EPOCH_COST.get(p.stem, 1))
+    expected = {p.stem: expected_seconds(p) for p in paths}
+    by_name = {p.stem: p for p in paths}
+    order = [by_name[name] for name in start_order(expected, jobs)]
+    print(f"start order {', '.join(p.stem for p in order)}: the last expected to end after "
+          f"{makespan([expected[p.stem] for p in order], jobs):.0f} s of training", flush=True)
     tasks = [dict(name=p.stem, run_dir=LOGS / p.stem, epochs=15, fn=execute_in_place,
                   kwargs=dict(notebook=str(p), threads=threads, run_dir=str(LOGS / p.stem))) for p in order]
     start = time.perf_counter()
