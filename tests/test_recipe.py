@@ -61,6 +61,13 @@ def _nothing_written(tmp_path):
     (dict(extra_ema_decays=[1.0]), "extra_ema_decays entry"),
     (dict(extra_ema_decays=[0.9, 0.9]), "twice"),
     (dict(ema_decay=None, extra_ema_decays=[0.9]), "needs ema_decay"),
+    (dict(ema_ramp=1), r"ema_ramp must be in \(1, inf\)"),
+    (dict(ema_ramp=float("inf")), "ema_ramp must be a finite number"),
+    (dict(ema_ramp="10"), "ema_ramp must be a finite number"),
+    (dict(extra_ema_ramps=5), "extra_ema_ramps must be a list"),
+    (dict(extra_ema_ramps=[0.5]), "extra_ema_ramps entry"),
+    (dict(extra_ema_ramps=[5, 5]), "lists a ramp twice"),
+    (dict(ema_decay=None, extra_ema_ramps=[5]), "extra_ema_ramps needs ema_decay"),
     (dict(memory_format="channels_first"), "memory_format must be one of 'contiguous', 'channels_last'"),
     (dict(memory_format=None), "memory_format must be one of"),
     (dict(bn_recompute=0), "bn_recompute must be None or an integer between 1 and 60000"),
@@ -252,6 +259,17 @@ def test_memory_format_is_fit_s_and_old_records_read_as_contiguous():
     old = {k: v for k, v in Recipe.final().config.items() if k != "memory_format"}
     assert comparable(old)["memory_format"] == "contiguous"  # the layout every earlier run had
     assert comparable(Recipe.final().config)["memory_format"] == "channels_last"
+
+
+def test_the_ramp_settings_are_fit_s_and_old_records_read_as_ramp_10():
+    from utils.recipe import comparable, fit_settings
+
+    assert fit_settings(Recipe.final(ema_ramp=5, extra_ema_ramps=[4, 7]))["extra_ema_ramps"] == [4, 7]
+    assert fit_settings(Recipe.final())["ema_ramp"] == 10
+    old = {k: v for k, v in Recipe.final().config.items() if k not in ("ema_ramp", "extra_ema_ramps")}
+    assert comparable(old)["ema_ramp"] == 10 and comparable(old)["extra_ema_ramps"] == []
+    final = comparable(Recipe.final().config)
+    assert search.recipe_differences({**final, "ema_ramp": 5}, final) == "EMA ramp (1+n)/(5+n)"
 
 
 def test_bn_recompute_is_fit_s_and_old_records_read_as_averaged():

@@ -73,9 +73,13 @@ def test_final_model_within_budget_and_its_analysis_says_whether_its_run_holds()
 PATH_SETTINGS = tuple(name for name, s in SETTINGS.items() if s.path)
 
 
-def literal_recipe(config: dict) -> dict:
-    """A saved config as it stands, less what differs between runs of one recipe: seed, threads, paths."""
-    return {k: v for k, v in config.items() if k not in (*NOT_COMPARED, *PATH_SETTINGS)}
+def literal_recipe(config: dict, older: dict | None = None) -> dict:
+    """A saved config as it stands, less what differs between runs of one recipe: seed, threads, paths.
+    With ``older`` (a config recorded earlier), also less the settings added since, where ``config``
+    has them at their ``absent`` value: the value the older record ran with, unrecorded."""
+    added = {k for k, v in config.items() if older is not None and k not in older and k in SETTINGS
+             and v == SETTINGS[k].absent}
+    return {k: v for k, v in config.items() if k not in (*NOT_COMPARED, *PATH_SETTINGS, *added)}
 
 
 @pytest.mark.parametrize("study, runs", [("seeds", 10), ("heldout", 5)])
@@ -90,7 +94,8 @@ def test_the_final_s_studies_are_full_runs_of_its_whole_recipe(study, runs):
     for run in s["runs"]:
         assert run["params"] == final["params"]
         assert comparable(run["config"]) == comparable(final["config"])  # the whole recipe but seed and paths
-        assert literal_recipe(run["config"]) == literal_recipe(final["config"])  # ... and literally: today's runners
+        # ... and literally (today's runners), but for settings added since, at the value the runs had
+        assert literal_recipe(run["config"]) == literal_recipe(final["config"], run["config"])
         assert run["config"].get("layout") == final["config"].get("layout")
         # made by today's runners: one thread, AVX2 ceiling
         assert run["cpu"]["threads"] == 1 and run["cpu"]["onednn_max_cpu_isa"] == "AVX2"
@@ -243,3 +248,10 @@ def test_the_notebook_repeats_its_saved_first_epoch_however_it_is_run(record):
     assert rerun["cpu"]["onednn_max_cpu_isa"] == "AVX2" and rerun["config"]["seed"] == committed["config"]["seed"]
     for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
         assert rerun["history"][0][key] == committed["history"][0][key], key
+
+
+def test_the_literal_recipe_forgives_only_settings_added_since_at_their_absent_value():
+    older = {"lr": 0.1, "seed": 0}
+    assert literal_recipe({"lr": 0.1, "seed": 3, "ema_ramp": 10.0}, older) == {"lr": 0.1}
+    assert literal_recipe({"lr": 0.1, "ema_ramp": 5.0}, older) == {"lr": 0.1, "ema_ramp": 5.0}
+    assert literal_recipe({"lr": 0.1, "ema_ramp": 10.0}) == {"lr": 0.1, "ema_ramp": 10.0}

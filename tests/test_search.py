@@ -202,6 +202,20 @@ def test_one_run_read_through_each_of_its_averages():
     assert runs[0]["last_min_test_acc"] == 99.5  # the runs themselves are untouched
 
 
+def test_an_extra_ramp_reads_as_the_recipe_with_that_ramp():
+    runs = [_averaged_run(0, [99.5] * 6, [99.3] + [99.45] * 5), _averaged_run(1, [99.46] * 6, [99.38] * 6)]
+    for run in runs:
+        run["averages"] = {"ramp 5": run["averages"]["0.9995"]}
+    rows = search.average_rows(runs)
+    assert [r["average"] for r in rows] == ["EMA 0.9998 (the run's own)", "EMA 0.9998, ramp (1+n)/(5+n)"]
+    through = search.as_tested_through(runs, "ramp 5")
+    assert [r["last_min_test_acc"] for r in through] == [99.45, 99.38]
+    assert through[0]["config"]["ema_ramp"] == 5 and through[0]["config"]["ema_decay"] == 0.9998
+    for run in runs:
+        run["config"]["ema_ramp"] = 5
+    assert search.average_rows(runs)[0]["average"] == "EMA 0.9998, ramp (1+n)/(5+n) (the run's own)"
+
+
 def test_averages_table_lists_every_average_of_such_studies(tmp_path):
     runs = [_averaged_run(s, [99.5] * 15, [99.45] * 15) for s in range(2)]
     save_json(tmp_path / "search_20_x.json", dict(runs=runs))

@@ -140,6 +140,39 @@ def test_extra_averages_are_tested_without_changing_the_run(small_mnist):
         run(extra_ema_decays=[0.9])
 
 
+def test_an_extra_ramp_is_what_a_run_with_that_ramp_tests(small_mnist):
+    x, y, xt, yt = small_mnist
+
+    def run(**averaging):
+        seed_everything(0)
+        model = final_net()
+        train = DeviceLoader(x, y, batch_size=32, seed=0, rotate=5)
+        test = DeviceLoader(xt, yt, batch_size=128, shuffle=False)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        return fit(model, train, test, opt, 2, progress=False, log=None, ema_decay=0.9998, **averaging)
+
+    own, ten = run(extra_ema_ramps=[3]), run(ema_ramp=10)
+    three = run(ema_ramp=3.0)
+    assert [r["test_acc"] for r in own] == [r["test_acc"] for r in ten]  # 10 is every earlier run's ramp
+    assert list(own[0]["averages"]) == ["ramp 3"]
+    assert [r["averages"]["ramp 3"]["test_loss"] for r in own] == [r["test_loss"] for r in three]
+    assert [r["test_loss"] for r in three] != [r["test_loss"] for r in ten]
+    assert [r["train_loss"] for r in three] == [r["train_loss"] for r in ten]  # the ramp changes no training
+    for bad in (1, 0.5, float("nan"), "3"):
+        with pytest.raises(ValueError, match="an EMA ramp must be a finite number above 1"):
+            run(ema_ramp=bad)
+    with pytest.raises(ValueError, match="need ema_decay"):
+        fit(final_net(), None, None, None, 1, extra_ema_ramps=[3])
+
+
+def test_the_ramp_sets_the_average_s_horizon():
+    from utils.train import warmup_decay
+
+    assert warmup_decay(0.9998, 0) == 0.1 and warmup_decay(0.9998, 20, ramp=3) == 21 / 23
+    assert warmup_decay(0.5, 1000, ramp=3) == 0.5  # the decay caps the ramp
+    assert warmup_decay(0.9998, 5) == warmup_decay(0.9998, 5, ramp=10) == 6 / 15
+
+
 def test_grad_clip_bounds_every_step_and_none_leaves_the_run_alone(small_mnist):
     from utils.train import train_epoch
 

@@ -90,6 +90,15 @@ def decays(name, value):
         raise ValueError(f"{name} lists a decay twice: {list(value)!r}")
 
 
+def ramps(name, value):
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{name} must be a list of ramp constants above 1, got {value!r}")
+    for ramp in value:
+        number(1, math.inf, low_open=True)(f"{name} entry", ramp)
+    if len(set(value)) < len(value):
+        raise ValueError(f"{name} lists a ramp twice: {list(value)!r}")
+
+
 # --- the settings -------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -163,6 +172,13 @@ SETTINGS: dict[str, Setting] = {
                          "the average spans the last ~11 % of the steps, growing with the run; it gave a lower test "
                          "loss than 0.9995 on 9 of 10 seeds (None: test the raw weights)",
                          number(0, 1, low_open=True, optional=True), label="EMA {}"),
+    "ema_ramp": Setting(10.0, "r in the average's warm-up ramp (1+n)/(r+n): step k of n weighs about (k/n)^(r-2), so "
+                        "the average spans about the last 1/(r-1) of the steps (10: 11 %; 5: 25 %); it changes only "
+                        "what is tested, so other values are read on one trajectory (extra_ema_ramps)",
+                        number(1, math.inf, low_open=True), label="EMA ramp (1+n)/({:g}+n)", absent=10.0,
+                        applies_with="ema_decay"),
+    "extra_ema_ramps": Setting([], "more averages of the run's decay with these ramp constants, tested and recorded "
+                               "like extra_ema_decays (none in the final)", ramps, absent=[]),
     "extra_ema_decays": Setting([], "more averages tested alongside each epoch, recorded beside the run's own: "
                                 "they change no training, and each costs about 8 % of an epoch (make bench), so the "
                                 "final has none; a study that compares horizons asks for them (round 3's 0.9995)",
@@ -211,8 +227,9 @@ class Recipe:
             if last > epochs:
                 raise ValueError(f"anneal_from + anneal_epochs - 1 must be at most the run's {epochs} epochs: the fast "
                                  f"anneal would end in epoch {last}")
-        if values.get("extra_ema_decays") and values.get("ema_decay", SETTINGS["ema_decay"].default) is None:
-            raise ValueError("extra_ema_decays needs ema_decay: the run's own average is the one kept")
+        for extra in ("extra_ema_decays", "extra_ema_ramps"):
+            if values.get(extra) and values.get("ema_decay", SETTINGS["ema_decay"].default) is None:
+                raise ValueError(f"{extra} needs ema_decay: the run's own average is the one kept")
         if values.get("bn_recompute") is not None:
             if values.get("ema_decay", SETTINGS["ema_decay"].default) is None:
                 raise ValueError("bn_recompute needs ema_decay: it measures the average's batch-norm statistics")
@@ -287,7 +304,8 @@ def final_training(model, recipe: Recipe, steps_per_epoch: int, epochs: int | No
                                            floor=recipe.lr_floor, **onecycle)
 
 
-FIT_SETTINGS = ("ema_decay", "extra_ema_decays", "label_smoothing", "grad_clip", "memory_format", "bn_recompute")
+FIT_SETTINGS = ("ema_decay", "ema_ramp", "extra_ema_decays", "extra_ema_ramps", "label_smoothing", "grad_clip",
+                "memory_format", "bn_recompute")
 
 
 def fit_settings(recipe: Recipe) -> dict:

@@ -154,7 +154,7 @@ EVALUATION_SETTINGS = ("memory_format", "bn_recompute")
 def trained_recipe(config: dict) -> dict:
     """A run's recipe as far as it decides the trajectory and the tested average: ``comparable`` less
     the extra averages, which are instruments beside the run (they change no bit of it)."""
-    return {k: v for k, v in comparable(config).items() if k != "extra_ema_decays"}
+    return {k: v for k, v in comparable(config).items() if k not in ("extra_ema_decays", "extra_ema_ramps")}
 
 
 def evaluation_of_run(run: dict) -> dict:
@@ -297,10 +297,23 @@ def _read_through(run: dict, curves: dict, changes: dict, last_n: int = 5) -> di
             "config": {**run["config"], **changes}}
 
 
-def as_tested_through(runs: list[dict], decay: str) -> list[dict]:
-    """``runs`` as they read through their extra average ``decay``: its accuracies in place of the
-    run's own, and ``ema_decay`` set to it (training is shared, so this is that recipe's run)."""
-    return [_read_through(run, run["averages"][decay], {"ema_decay": float(decay)}) for run in runs]
+def extra_average_recipe(name: str) -> dict:
+    """The recipe change an extra average stands for: its key is a decay ("0.9995", ``extra_ema_decays``)
+    or a ramp of the run's decay ("ramp 5", ``extra_ema_ramps``)."""
+    if name.startswith("ramp "):
+        return {"ema_ramp": float(name.split()[1])}
+    return {"ema_decay": float(name)}
+
+
+def as_tested_through(runs: list[dict], name: str) -> list[dict]:
+    """``runs`` as they read through their extra average ``name``: its accuracies in place of the
+    run's own, and the recipe changed to the one that tests it (training is shared, so this is that
+    recipe's run)."""
+    return [_read_through(run, run["averages"][name], extra_average_recipe(name)) for run in runs]
+
+
+def _average_label(decay, ramp) -> str:
+    return f"EMA {decay}" + ("" if ramp == SETTINGS["ema_ramp"].absent else f", ramp (1+n)/({ramp:g}+n)")
 
 
 def as_tested_with_kept_bn(runs: list[dict]) -> list[dict]:
@@ -314,17 +327,20 @@ def average_rows(runs: list[dict], last_n: int = 5) -> list[dict]:
     every extra one (``extra_ema_decays``). Training is shared, so the rows are paired seed by seed.
     Each row: last-5 minima, their mean/std/margin and the mean test loss of the last 5 epochs
     (continuous, so far less noisy than a minimum of accuracies rounded to 0.01)."""
-    own = f"EMA {runs[0]['config'].get('ema_decay')}"
+    config = runs[0]["config"]
+    own_ramp = config.get("ema_ramp", SETTINGS["ema_ramp"].absent)
+    own = _average_label(config.get("ema_decay"), own_ramp)
     if "averaged_bn" in runs[0]:
         own += f", BN statistics measured on {runs[0]['config']['bn_recompute']} digits"
     views = {f"{own} (the run's own)": [(r["test_acc"], r.get("test_loss")) for r in runs]}
     if "averaged_bn" in runs[0]:
-        views[f"EMA {runs[0]['config'].get('ema_decay')}, its averaged BN statistics"] = [
+        views[f"{_average_label(config.get('ema_decay'), own_ramp)}, its averaged BN statistics"] = [
             (r["averaged_bn"]["test_acc"], r["averaged_bn"]["test_loss"]) for r in runs]
     measured = ", BN statistics measured" if "averaged_bn" in runs[0] else ""  # read as the run's own is
-    for decay in runs[0].get("averages", {}):
-        views[f"EMA {decay}{measured}"] = [(r["averages"][decay]["test_acc"], r["averages"][decay]["test_loss"])
-                                 for r in runs]
+    for name in runs[0].get("averages", {}):
+        recipe = {"ema_decay": config.get("ema_decay"), "ema_ramp": own_ramp, **extra_average_recipe(name)}
+        views[f"{_average_label(recipe['ema_decay'], recipe['ema_ramp'])}{measured}"] = [
+            (r["averages"][name]["test_acc"], r["averages"][name]["test_loss"]) for r in runs]
     rows = []
     for label, curves in views.items():
         mins = [min(accs[-last_n:]) for accs, _ in curves]

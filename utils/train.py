@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import json
 import os
 import random
@@ -150,11 +151,16 @@ def evaluate(model, loader, memory_format=torch.contiguous_format):
     return float(total_loss) / seen, 100.0 * float(correct) / seen
 
 
-def warmup_decay(decay: float, num_averaged) -> float:
-    """The EMA's decay at update ``num_averaged``: min(decay, (1 + n) / (10 + n)), ramping up so the
-    average does not start out dominated by the random initial weights."""
+EMA_RAMP = 10.0  # the warm-up ramp's constant r in (1 + n) / (r + n): every run recorded before it was a setting
+
+
+def warmup_decay(decay: float, num_averaged, ramp: float = EMA_RAMP) -> float:
+    """The EMA's decay at update ``num_averaged``: min(decay, (1 + n) / (ramp + n)), ramping up so the
+    average does not start out dominated by the random initial weights. While the ramp is below
+    ``decay``, step k of n weighs about (k / n) ** (ramp - 2): the average spans about the last
+    1 / (ramp - 1) of the steps (ramp 10: 11 %; ramp 5: 25 %)."""
     n = float(num_averaged)
-    return min(decay, (1 + n) / (10 + n))
+    return min(decay, (1 + n) / (ramp + n))
 
 
 def ema_avg_fn(decay: float):
@@ -210,8 +216,8 @@ class WarmupAverage:
     (the optimizer and batch norm update them in place): convert its layout or device before this is made.
     """
 
-    def __init__(self, model: torch.nn.Module, decay: float):
-        self.module, self.decay, self.n_averaged = copy.deepcopy(model), decay, 0
+    def __init__(self, model: torch.nn.Module, decay: float, ramp: float = EMA_RAMP):
+        self.module, self.decay, self.ramp, self.n_averaged = copy.deepcopy(model), decay, ramp, 0
         averaged = [*self.module.parameters(), *self.module.buffers()]
         live = [*model.parameters(), *model.buffers()]
         floats = [(a, c) for a, c in zip(averaged, live) if a.is_floating_point()]
@@ -235,7 +241,7 @@ class WarmupAverage:
             self.flat.copy_(live)
             torch._foreach_copy_(self.averaged_ints, self.live_ints)
         else:
-            d = warmup_decay(self.decay, self.n_averaged)
+            d = warmup_decay(self.decay, self.n_averaged, self.ramp)
             self.flat.mul_(d).add_(live.mul_(1 - d))
             if self.averaged_ints:
                 ints = torch.stack(self.averaged_ints) * d + torch.stack(self.live_ints) * (1 - d)
@@ -243,9 +249,14 @@ class WarmupAverage:
         self.n_averaged += 1
 
 
-def weight_average(model, decay: float) -> WarmupAverage:
+def weight_average(model, decay: float, ramp: float = EMA_RAMP) -> WarmupAverage:
     """The warm-up EMA of ``model``'s weights and batch-norm buffers, updated by ``update_parameters``."""
-    return WarmupAverage(model, decay)
+    return WarmupAverage(model, decay, ramp)
+
+
+def ramp_name(ramp: float) -> str:
+    """An extra average's key for another ramp of the run's decay (``fit``'s ``extra_ema_ramps``): "ramp 5"."""
+    return f"ramp {ramp:g}"
 
 
 def with_measured_bn(module, batches, memory_format=torch.contiguous_format):
@@ -265,7 +276,7 @@ def with_measured_bn(module, batches, memory_format=torch.contiguous_format):
 
 def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None, ema_decay=None,
         label_smoothing=0.0, progress=True, log=print, extra_ema_decays=(), grad_clip=None,
-        memory_format="contiguous", bn_recompute=None):
+        memory_format="contiguous", bn_recompute=None, ema_ramp=EMA_RAMP, extra_ema_ramps=()):
     """Train for ``epochs`` epochs; return the history, one dict per epoch.
 
     ``scheduler``: OneCycleLR and CyclicLR step every batch, others every epoch (ReduceLROnPlateau
@@ -277,6 +288,9 @@ def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None, ema
     ``extra_ema_decays``: more averages of the same run, each updated every step and tested every
     epoch (``row["averages"][str(decay)]``), none of them changing the training: one run then
     compares averages on a single trajectory. Needs ``ema_decay``.
+    ``ema_ramp``: the constant r of the average's warm-up ramp (1 + n) / (r + n) (``warmup_decay``); a
+    smaller r averages over more of the run. ``extra_ema_ramps``: more averages of the run's decay with
+    these ramps, tested like the extra decays (``row["averages"]["ramp 5"]``, ``ramp_name``).
     ``memory_format``: "contiguous" or "channels_last" (``MEMORY_FORMATS``): the model is converted in
     place before training (its parameters stay the optimizer's) and every batch is put in that layout.
     ``bn_recompute`` (an int n; needs ``ema_decay``): before each test, a copy of the average gets its
@@ -291,8 +305,11 @@ def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None, ema
     progress = progress and not os.environ.get(NO_BARS_ENV)
     if ema_decay is not None and not 0 < ema_decay < 1:
         raise ValueError(f"ema_decay must be between 0 and 1, got {ema_decay}")
-    if extra_ema_decays and ema_decay is None:
-        raise ValueError("extra_ema_decays needs ema_decay: the run's own average is the one kept")
+    if (extra_ema_decays or extra_ema_ramps) and ema_decay is None:
+        raise ValueError("extra_ema_decays and extra_ema_ramps need ema_decay: the run's own average is the one kept")
+    for ramp in (ema_ramp, *extra_ema_ramps):
+        if isinstance(ramp, bool) or not isinstance(ramp, (int, float)) or not 1 < ramp < math.inf:
+            raise ValueError(f"an EMA ramp must be a finite number above 1, got {ramp!r}")
     bn_batches = None
     if bn_recompute is not None:
         if ema_decay is None:
@@ -301,8 +318,9 @@ def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None, ema
             raise ValueError("bn_recompute needs a loader with clean_subset (utils.DeviceLoader, mnist_loaders)")
         bn_batches = train_loader.clean_subset(min(bn_recompute, len(train_loader.y)))  # a quick subset: all of it
     model.to(memory_format=layout)  # in place, before the averages copy it
-    ema = None if ema_decay is None else weight_average(model, ema_decay)
-    extras = {str(d): weight_average(model, d) for d in extra_ema_decays}
+    ema = None if ema_decay is None else weight_average(model, ema_decay, ema_ramp)
+    extras = {str(d): weight_average(model, d, ema_ramp) for d in extra_ema_decays}
+    extras.update({ramp_name(r): weight_average(model, ema_decay, r) for r in extra_ema_ramps})
     history = []
     set_epoch = getattr(train_loader, "set_epoch", None)  # a loader with a clean tail needs the epoch
     epoch_bar = tqdm(range(1, epochs + 1), desc="epochs", disable=not progress)
