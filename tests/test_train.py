@@ -161,7 +161,7 @@ def test_an_extra_ramp_is_what_a_run_with_that_ramp_tests(small_mnist):
     for bad in (1, 0.5, float("nan"), "3"):
         with pytest.raises(ValueError, match="an EMA ramp must be a finite number above 1"):
             run(ema_ramp=bad)
-    with pytest.raises(ValueError, match="need ema_decay"):
+    with pytest.raises(ValueError, match="extra_ema_ramps needs ema_decay"):
         fit(final_net(), None, None, None, 1, extra_ema_ramps=[3])
 
 

@@ -305,8 +305,9 @@ def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None, ema
     progress = progress and not os.environ.get(NO_BARS_ENV)
     if ema_decay is not None and not 0 < ema_decay < 1:
         raise ValueError(f"ema_decay must be between 0 and 1, got {ema_decay}")
-    if (extra_ema_decays or extra_ema_ramps) and ema_decay is None:
-        raise ValueError("extra_ema_decays and extra_ema_ramps need ema_decay: the run's own average is the one kept")
+    for name, extras in (("extra_ema_decays", extra_ema_decays), ("extra_ema_ramps", extra_ema_ramps)):
+        if extras and ema_decay is None:
+            raise ValueError(f"{name} needs ema_decay: the run's own average is the one kept")
     for ramp in (ema_ramp, *extra_ema_ramps):
         if isinstance(ramp, bool) or not isinstance(ramp, (int, float)) or not 1 < ramp < math.inf:
             raise ValueError(f"an EMA ramp must be a finite number above 1, got {ramp!r}")
