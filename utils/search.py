@@ -45,8 +45,10 @@ def recipe_differences(config: dict, reference: dict) -> str:
             continue
         if setting.applies_with and not mine.get(setting.applies_with):
             continue  # e.g. no dropout: its kind does not matter
-        off = setting.off or setting.label.format("off")
-        diffs.append(off if mine[name] is None else setting.label.format(mine[name]))
+        if mine[name] is None:
+            diffs.append(setting.off or setting.label.format("off"))
+        else:
+            diffs.append(setting.label.format(mine[name]))
     return ", ".join(diffs) or "same"
 
 
