@@ -115,16 +115,20 @@ def test_fit_tells_the_loader_its_epoch_and_the_tail_changes_only_the_tail(small
     assert strip(histories[0])[2] != strip(histories[1])[2]
 
 
-def test_extra_averages_are_tested_without_changing_the_run(small_mnist):
+def _fit_two_epochs(small_mnist, **averaging):
+    """Two epochs of the final net on the small set from seed 0: (history, model)."""
     x, y, xt, yt = small_mnist
+    seed_everything(0)
+    model = final_net()
+    train = DeviceLoader(x, y, batch_size=32, seed=0, rotate=5)
+    test = DeviceLoader(xt, yt, batch_size=128, shuffle=False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    return fit(model, train, test, opt, 2, progress=False, log=None, **averaging), model
 
+
+def test_extra_averages_are_tested_without_changing_the_run(small_mnist):
     def run(**averaging):
-        seed_everything(0)
-        model = final_net()
-        train = DeviceLoader(x, y, batch_size=32, seed=0, rotate=5)
-        test = DeviceLoader(xt, yt, batch_size=128, shuffle=False)
-        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        return fit(model, train, test, opt, 2, progress=False, log=None, **averaging), model
+        return _fit_two_epochs(small_mnist, **averaging)
 
     strip = lambda h: [{k: v for k, v in r.items() if k not in ("seconds", "averages")} for r in h]
     alone, alone_model = run(ema_decay=0.99)
@@ -141,15 +145,8 @@ def test_extra_averages_are_tested_without_changing_the_run(small_mnist):
 
 
 def test_an_extra_ramp_is_what_a_run_with_that_ramp_tests(small_mnist):
-    x, y, xt, yt = small_mnist
-
     def run(**averaging):
-        seed_everything(0)
-        model = final_net()
-        train = DeviceLoader(x, y, batch_size=32, seed=0, rotate=5)
-        test = DeviceLoader(xt, yt, batch_size=128, shuffle=False)
-        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        return fit(model, train, test, opt, 2, progress=False, log=None, ema_decay=0.9998, **averaging)
+        return _fit_two_epochs(small_mnist, ema_decay=0.9998, **averaging)[0]
 
     own, ten = run(extra_ema_ramps=[3]), run(ema_ramp=10)
     three = run(ema_ramp=3.0)
