@@ -53,6 +53,9 @@ def _nothing_written(tmp_path):
     (dict(grad_clip=0), r"grad_clip must be in \(0, 1000000.0\)"),
     (dict(grad_clip=-2.0), "grad_clip"),
     (dict(grad_clip="2"), "grad_clip must be a finite number or None"),
+    (dict(sam_rho=0), r"sam_rho must be in \(0, 10\)"),
+    (dict(sam_rho=float("nan")), "sam_rho must be a finite number or None"),
+    (dict(sam_rho="0.05"), "sam_rho must be a finite number or None"),
     (dict(clean_from=0), "clean_from must be None or an integer between 1 and 15"),
     (dict(clean_from=16), "clean_from must be None or an integer between 1 and 15"),
     (dict(clean_from=10.0), "clean_from"),
@@ -81,7 +84,8 @@ def test_a_bad_setting_fails_before_any_file(changes, message, tmp_path, monkeyp
     assert _nothing_written(tmp_path)
 
 
-NUMERIC = [name for name, s in SETTINGS.items() if isinstance(s.default, float) or name in ("ema_decay", "grad_clip")]
+NUMERIC = [name for name, s in SETTINGS.items() if isinstance(s.default, float)
+           or name in ("ema_decay", "grad_clip", "sam_rho")]
 
 
 def test_every_float_setting_is_covered():

@@ -194,6 +194,64 @@ def test_grad_clip_bounds_every_step_and_none_leaves_the_run_alone(small_mnist):
     assert steps(1e6) == free  # a clip never reached changes nothing
 
 
+def _one_step(model, batch, lr, sam_rho):
+    from utils.train import train_epoch
+
+    opt = torch.optim.SGD(model.parameters(), lr=lr)  # plain SGD: a step is minus lr times the gradient
+    train_epoch(model, [batch], opt, progress=False, sam_rho=sam_rho)
+    return model
+
+
+def test_a_sam_step_descends_the_gradient_taken_uphill(small_mnist):
+    """SAM's step is the gradient at w + rho * g / ||g||, computed here by hand on a copy; the weights
+    come back exactly (lr 0 leaves every bit), and batch norm's running statistics see the batch once."""
+    import copy
+
+    import torch.nn.functional as F
+
+    x, y, _, _ = small_mnist
+    batch = next(iter(DeviceLoader(x[:32], y[:32], batch_size=32, shuffle=False)))
+    seed_everything(0)
+    start = final_net()
+    rho, lr = 0.05, 0.5
+
+    uphill = copy.deepcopy(start)
+    F.nll_loss(uphill(batch[0]), batch[1]).backward()
+    g = [p.grad for p in uphill.parameters()]
+    norm = torch.sqrt(sum((t ** 2).sum() for t in g))
+    with torch.no_grad():
+        for p, t in zip(uphill.parameters(), g):
+            p.add_(t * rho / norm)
+    uphill.zero_grad()
+    F.nll_loss(uphill(batch[0]), batch[1]).backward()
+    expected = [p.detach() - lr * q.grad for p, q in zip(start.parameters(), uphill.parameters())]
+
+    stepped = _one_step(copy.deepcopy(start), batch, lr, rho)
+    for want, got in zip(expected, stepped.parameters()):
+        torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-6)
+    plain = _one_step(copy.deepcopy(start), batch, lr, None)
+    assert any(not torch.equal(a, b) for a, b in zip(plain.parameters(), stepped.parameters()))
+    # the running statistics are those of one plain pass over the batch, the batch counted once
+    for a, b in zip(plain.buffers(), stepped.buffers()):
+        assert torch.equal(a, b)
+    unmoved = _one_step(copy.deepcopy(start), batch, 0.0, rho)
+    for a, b in zip(start.parameters(), unmoved.parameters()):
+        assert torch.equal(a, b)
+    assert all(m.momentum == 0.1 for m in unmoved.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_fit_refuses_a_bad_sam_rho_before_training(small_mnist):
+    x, y, xt, yt = small_mnist
+    model = final_net()
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for rho in (0, -0.1, float("nan"), float("inf"), "0.05", True):
+        with pytest.raises(ValueError, match="sam_rho must be None or a finite number above 0"):
+            fit(model, DeviceLoader(x, y, batch_size=64), DeviceLoader(xt, yt, batch_size=128), opt, 1,
+                progress=False, log=None, sam_rho=rho)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
 def test_every_average_update_gives_the_per_tensor_bits(small_mnist):
     """The flat EMA (``WarmupAverage``, what ``fit`` uses), the foreach one (``ema_multi_avg_fn``) and the
     per-tensor ``ema_avg_fn`` of the runs before them give the same bits, weights and batch-norm buffers

@@ -167,6 +167,10 @@ SETTINGS: dict[str, Setting] = {
     "grad_clip": Setting(None, "rescale each step's gradient to at most this L2 norm over all weights, so no "
                          "single batch jolts the weights; None: no clipping (the final has none)",
                          number(0, 1e6, low_open=True, optional=True), label="grad clip {}", off="no grad clip"),
+    "sam_rho": Setting(None, "sharpness-aware minimization: each step takes the gradient at the point this far "
+                       "uphill (rho over the gradient's norm), which favours minima that stay low around them, at "
+                       "two forward and backward passes a step; None: the plain gradient (the final)",
+                       number(0, 10, low_open=True, optional=True), label="SAM rho {}", off="plain gradient"),
     "ema_decay": Setting(0.9998, "the tested weights are an average, updated every step with decay "
                          "min(this, (1+n)/(10+n)): at batch 32 the warm-up ramp never reaches 0.9998 in 15 epochs, so "
                          "the average spans the last ~11 % of the steps, growing with the run; it gave a lower test "
@@ -305,12 +309,12 @@ def final_training(model, recipe: Recipe, steps_per_epoch: int, epochs: int | No
 
 
 FIT_SETTINGS = ("ema_decay", "ema_ramp", "extra_ema_decays", "extra_ema_ramps", "label_smoothing", "grad_clip",
-                "memory_format", "bn_recompute")
+                "sam_rho", "memory_format", "bn_recompute")
 
 
 def fit_settings(recipe: Recipe) -> dict:
     """``utils.fit``'s keyword arguments that come from the recipe (averaging, label smoothing, clipping,
-    memory format, the average's batch-norm statistics)."""
+    SAM, memory format, the average's batch-norm statistics)."""
     return {name: getattr(recipe, name) for name in FIT_SETTINGS if name in recipe}
 
 

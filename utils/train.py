@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import json
@@ -102,14 +103,53 @@ def memory_format_of(name: str) -> torch.memory_format:
         raise ValueError(f"memory_format must be one of {', '.join(map(repr, MEMORY_FORMATS))}, got {name!r}") from None
 
 
+@contextlib.contextmanager
+def running_statistics_frozen(model):
+    """Batch norm still normalizes with each batch's own statistics but leaves its running ones as they are
+    (momentum 0, the batch count put back): a second forward pass on the same batch is not a step of the model."""
+    norms = [m for m in model.modules()
+             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, count) in zip(norms, saved):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(count)
+
+
+def sharpness_aware_gradient(model, loss_of_output, x, rho: float) -> None:
+    """Replace the gradient in the weights' ``.grad`` (taken at weights w) by the gradient at
+    w + rho * g / ||g||, the worst nearby point to first order: sharpness-aware minimization (SAM,
+    Foret et al. 2021), which steers SGD toward minima that stay low in a neighbourhood. The weights
+    are put back exactly (a copy, not a subtraction), and batch norm's running statistics see the
+    batch once."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    grads = [p.grad for p in params]
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    step = torch._foreach_mul(grads, rho / (norm + 1e-12))
+    with torch.no_grad():
+        weights = [p.detach().clone() for p in params]
+        torch._foreach_add_(params, step)
+    model.zero_grad(set_to_none=True)
+    with running_statistics_frozen(model):
+        loss_of_output(model(x)).backward()
+    with torch.no_grad():
+        torch._foreach_copy_(params, weights)
+
+
 def train_epoch(model, loader, optimizer, scheduler=None, progress=True, desc="train", ema=None,
-                label_smoothing=0.0, grad_clip=None, memory_format=torch.contiguous_format):
+                label_smoothing=0.0, grad_clip=None, memory_format=torch.contiguous_format, sam_rho=None):
     """One pass over ``loader``; steps a per-batch scheduler and the EMA copy (or a list of them) if given.
 
     ``label_smoothing`` > 0 trains against targets that give that much mass to the other classes
     (the model returns log-probabilities, which cross_entropy takes as logits unchanged).
     ``grad_clip``: rescale each batch's gradient to at most this L2 norm over all weights (None: not touched).
     ``memory_format``: the layout each batch is put in before the model sees it (a no-op when it has it).
+    ``sam_rho``: step with the gradient at a point this far uphill (``sharpness_aware_gradient``; two
+    forward and backward passes a step), None: the plain gradient.
 
     Returns (loss, accuracy %) of the live model on the (augmented) training batches.
     """
@@ -119,9 +159,14 @@ def train_epoch(model, loader, optimizer, scheduler=None, progress=True, desc="t
     for x, y in bar:
         x = x.contiguous(memory_format=memory_format)
         optimizer.zero_grad(set_to_none=True)
+        def loss_of(out):
+            return F.cross_entropy(out, y, label_smoothing=label_smoothing) if label_smoothing else F.nll_loss(out, y)
+
         out = model(x)
-        loss = F.cross_entropy(out, y, label_smoothing=label_smoothing) if label_smoothing else F.nll_loss(out, y)
+        loss = loss_of(out)
         loss.backward()
+        if sam_rho is not None:
+            sharpness_aware_gradient(model, loss_of, x, sam_rho)
         if grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
@@ -276,7 +321,7 @@ def with_measured_bn(module, batches, memory_format=torch.contiguous_format):
 
 def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None, ema_decay=None,
         label_smoothing=0.0, progress=True, log=print, extra_ema_decays=(), grad_clip=None,
-        memory_format="contiguous", bn_recompute=None, ema_ramp=EMA_RAMP, extra_ema_ramps=()):
+        memory_format="contiguous", bn_recompute=None, ema_ramp=EMA_RAMP, extra_ema_ramps=(), sam_rho=None):
     """Train for ``epochs`` epochs; return the history, one dict per epoch.
 
     ``scheduler``: OneCycleLR and CyclicLR step every batch, others every epoch (ReduceLROnPlateau
@@ -284,7 +329,7 @@ def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None, ema
     ``ema_decay`` (e.g. 0.999): keep an exponential moving average of the weights, updated every
     step, and test that average instead of the last weights; at the end the model holds it.
     Averaging smooths the step-to-step noise of SGD, so test accuracy wobbles less between epochs.
-    ``label_smoothing``, ``grad_clip``: see ``train_epoch``.
+    ``label_smoothing``, ``grad_clip``, ``sam_rho``: see ``train_epoch``.
     ``extra_ema_decays``: more averages of the same run, each updated every step and tested every
     epoch (``row["averages"][str(decay)]``), none of them changing the training: one run then
     compares averages on a single trajectory. Needs ``ema_decay``.
@@ -311,6 +356,9 @@ def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None, ema
     for ramp in (ema_ramp, *extra_ema_ramps):
         if isinstance(ramp, bool) or not isinstance(ramp, (int, float)) or not 1 < ramp < math.inf:
             raise ValueError(f"an EMA ramp must be a finite number above 1, got {ramp!r}")
+    if sam_rho is not None and (isinstance(sam_rho, bool) or not isinstance(sam_rho, (int, float))
+                                or not 0 < sam_rho < math.inf):
+        raise ValueError(f"sam_rho must be None or a finite number above 0, got {sam_rho!r}")
     bn_batches = None
     if bn_recompute is not None:
         if ema_decay is None:
@@ -335,7 +383,7 @@ def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None, ema
                                             progress=progress, desc=f"epoch {epoch}",
                                             ema=[ema, *extras.values()] if extras else ema,
                                             label_smoothing=label_smoothing, grad_clip=grad_clip,
-                                            memory_format=layout)
+                                            memory_format=layout, sam_rho=sam_rho)
         tested = ema.module if ema is not None else model
         if bn_batches is not None:
             kept_loss, kept_acc = evaluate(tested, test_loader, layout)
