@@ -240,6 +240,9 @@ ARCHS = {
     # Under the 4,500 floor at the stem net's widths after the pool: 6 channels from the first conv, which
     # sees every pixel and only feeds the depthwise filters (54 parameters fewer, less work at 26x26).
     "separable_stem_c6": "shiftbn c6 d8 M d24p d32 d32 d32",  # 4,482
+    # The same weights with the second separable block padded too, round 4's zero-parameter lever (padding
+    # the first block narrowed the final's spread): every later map 2 pixels wider, 8x8 into the head.
+    "separable_stem_c6_pad2": "shiftbn c6 d8 M d24p d32p d32 d32",  # 4,482
 }
 FINAL_ARCH = "separable_shiftbn_pad"
 
