@@ -243,6 +243,8 @@ ARCHS = {
     # The same weights with the second separable block padded too, round 4's zero-parameter lever (padding
     # the first block narrowed the final's spread): every later map 2 pixels wider, 8x8 into the head.
     "separable_stem_c6_pad2": "shiftbn c6 d8 M d24p d32p d32 d32",  # 4,482
+    # ...and the third one too: 12, 12, 12 and 10 pixels after the pool, 10x10 into the head.
+    "separable_stem_c6_pad3": "shiftbn c6 d8 M d24p d32p d32p d32",  # 4,482
 }
 FINAL_ARCH = "separable_shiftbn_pad"
 
