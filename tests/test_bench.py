@@ -46,11 +46,13 @@ def test_tiny_benchmark_reports_all_fields(data_dir, tmp_path):
     assert "| adopted |" in page and "Where an epoch's time goes" in page and "What else the machine was doing" in page
 
 
-def test_chunked_augmentation_is_the_loader_s_own_batches(mnist):
+@pytest.mark.parametrize("elastic", [0.0, 34.0])
+def test_chunked_augmentation_is_the_loader_s_own_batches(mnist, elastic):
     (x, y), _ = mnist
 
     def loader(batch_size):
-        return DeviceLoader(x[:512], y[:512], batch_size=batch_size, seed=4, rotate=10, translate=0.05, scale=0.05)
+        return DeviceLoader(x[:512], y[:512], batch_size=batch_size, seed=4, rotate=10, translate=0.05, scale=0.05,
+                            elastic=elastic)
 
     same = lambda a, b: len(a) == len(b) and all(  # noqa: E731
         torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b))

@@ -62,7 +62,8 @@ def _first_batches(seed, n=3, **augment):
     return out
 
 
-@pytest.mark.parametrize("augment", [{}, {"rotate": 10, "translate": 0.1, "scale": 0.1}])
+@pytest.mark.parametrize("augment", [{}, {"rotate": 10, "translate": 0.1, "scale": 0.1},
+                                     {"rotate": 10, "elastic": 34.0}])
 def test_same_seed_same_batches(augment):
     a, b = _first_batches(0, **augment), _first_batches(0, **augment)
     for (xa, ya), (xb, yb) in zip(a, b):
@@ -72,9 +73,60 @@ def test_same_seed_same_batches(augment):
     assert not torch.equal(a[0][1], a[3][1])  # second epoch reshuffles
 
 
+def test_elastic_blur_is_torchvisions_gaussian():
+    from torchvision.transforms.v2.functional import gaussian_blur
+
+    noise = data.draw_elastic(8, (28, 28), torch.Generator().manual_seed(0))
+    field = data.elastic_field(noise, alpha=1.0, sigma=4.0)
+    assert field.shape == (8, 28, 28, 2)
+    expected = gaussian_blur(noise, [33, 33], [4.0, 4.0]).permute(0, 2, 3, 1)
+    assert torch.allclose(field, expected, atol=1e-6)
+    assert torch.equal(data.elastic_field(noise, alpha=34.0, sigma=4.0), 34.0 * field)
+
+
+def test_elastic_field_of_each_image_depends_on_its_noise_alone():
+    noise = data.draw_elastic(6, (28, 28), torch.Generator().manual_seed(1))
+    together = data.elastic_field(noise, 34.0, 4.0)
+    assert torch.equal(together[2:3], data.elastic_field(noise[2:3], 34.0, 4.0))
+    flat = torch.full((1, 2, 28, 28), 0.5)  # a constant field stays constant: the kernel sums to 1
+    assert torch.allclose(data.elastic_field(flat, 2.0, 4.0), torch.ones(1, 28, 28, 2))
+
+
+def test_elastic_distortion_moves_pixels_and_zero_moves_none(train_split):
+    x = data.normalize(train_split[0][:32])
+    u = data.draw_affine(32, torch.Generator().manual_seed(0))
+    plain = data.warp(x, u, rotate=10)
+    assert torch.equal(data.warp(x, u, rotate=10, displacement=torch.zeros(32, 28, 28, 2)), plain)
+    noise = data.draw_elastic(32, (28, 28), torch.Generator().manual_seed(0))
+    bent = data.warp(x, u, rotate=10, displacement=data.elastic_field(noise, 34.0, 4.0))
+    assert not torch.allclose(bent, plain, atol=1e-3)
+    assert (bent - plain).abs().amax(dim=(1, 2, 3)).min() > 0.1  # every image is bent
+    # a field shifting every pixel's source one pixel right is the image moved one pixel left
+    shift = torch.zeros(32, 28, 28, 2)
+    shift[..., 0] = 1.0
+    moved = data.warp(x, torch.zeros(32, 4), displacement=shift)
+    assert torch.allclose(moved[..., :-1], x[..., 1:], atol=1e-5)
+
+
+def test_elastic_off_draws_nothing_more(train_split):
+    images, labels = train_split[0][:200], train_split[1][:200]
+    plain = data.DeviceLoader(images, labels, batch_size=50, seed=3, rotate=10)
+    off = data.DeviceLoader(images, labels, batch_size=50, seed=3, rotate=10, elastic=0.0, elastic_sigma=2.0)
+    on = data.DeviceLoader(images, labels, batch_size=50, seed=3, rotate=10, elastic=34.0)
+    for (xa, ya), (xb, yb), (xc, yc) in zip(plain, off, on):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+        assert torch.equal(ya, yc) and not torch.equal(xa, xc)  # the order is drawn before any warp
+
+
 def test_bad_loader_input_is_a_value_error(train_split):
     with pytest.raises(ValueError, match="batch_size"):
         data.DeviceLoader(*train_split, batch_size=0)
+    with pytest.raises(ValueError, match="elastic must be a finite number of pixels >= 0"):
+        data.DeviceLoader(*train_split, elastic=-1.0)
+    with pytest.raises(ValueError, match="elastic_sigma must be a finite number of pixels above 0"):
+        data.DeviceLoader(*train_split, elastic_sigma=float("nan"))
+    with pytest.raises(ValueError, match="needs a blur wider"):
+        data.elastic_field(torch.zeros(1, 2, 28, 28), 34.0, 7.0)
     with pytest.raises(ValueError, match="labels"):
         data.DeviceLoader(train_split[0][:10], train_split[1][:9])
 

@@ -35,7 +35,7 @@ from . import phases
 from .data import DeviceLoader, classic_loader, load_mnist, mnist_loaders
 from .experiment import machine_description
 from .models import final_net, regularized_net
-from .recipe import SETTINGS, Recipe, final_training, fit_settings
+from .recipe import SETTINGS, Recipe, augmentation, final_training, fit_settings
 from .repro import ISA_CEILING, NATIVE_ENV, cpu_info, pin_isa
 from .results import save_json, summarize
 from .summary import count_params
@@ -72,7 +72,7 @@ def phase_comparisons(device, data_dir, steps: int, repeats: int, test_limit: in
     report = {}
     for name, (recipe, paths, build) in nets.items():
         train = DeviceLoader(images, labels, batch_size=recipe.batch_size, device=device,
-                             **{k: getattr(recipe, k) for k in ("rotate", "translate", "scale")})
+                             **augmentation(recipe))
         report[name] = phases.compare_paths(paths, lambda: build(recipe),
                                             lambda m: final_training(m, recipe, len(train)), train, test, device,
                                             steps=steps, repeats=repeats,
@@ -91,8 +91,7 @@ def full_training(recipe: Recipe, threads: int, data_dir, device, epochs: int, t
     try:
         train_loader, test_loader = mnist_loaders(data_dir, batch_size=recipe.batch_size, device=device,
                                                   seed=recipe.seed, train_limit=train_limit,
-                                                  **{k: getattr(recipe, k) for k in ("rotate", "translate", "scale",
-                                                                                     "clean_from")})
+                                                  clean_from=recipe.clean_from, **augmentation(recipe))
         seed_everything(recipe.seed)
         model, optimizer, scheduler = final_run_parts(recipe, len(train_loader), epochs, device)
         start = time.perf_counter()
@@ -200,7 +199,7 @@ def project_steps(device, batches: int, warmup: int, repeats: int, data_dir=REPO
     recipe = final_recipe()
     images, labels = load_mnist(data_dir, train=True)
     loader = DeviceLoader(images, labels, batch_size=recipe.batch_size, device=device,
-                          **{k: getattr(recipe, k) for k in ("rotate", "translate", "scale")})
+                          **augmentation(recipe))
     return {**time_training_batches(loader, device, batches, warmup, repeats, recipe), "cpu": cpu_info()}
 
 

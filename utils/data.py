@@ -211,11 +211,44 @@ def draw_affine(n: int, generator: torch.Generator) -> torch.Tensor:
     return torch.rand(n, 4, generator=generator) * 2 - 1
 
 
+def draw_elastic(n: int, size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+    """``n`` fields of uniform numbers in [-1, 1), one per image and axis ([n, 2, H, W]: x, then y),
+    drawn on the CPU like ``draw_affine``."""
+    return torch.rand(n, 2, *size, generator=generator) * 2 - 1
+
+
+def gaussian_kernel(sigma: float) -> torch.Tensor:
+    """The 1-d Gaussian of ``sigma`` pixels, 8 sigma + 1 taps (odd), summing to 1: torchvision's
+    ElasticTransform's kernel, one axis of it."""
+    taps = int(8 * sigma + 1) | 1
+    x = torch.arange(taps, dtype=torch.float32) - (taps - 1) / 2
+    kernel = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    return kernel / kernel.sum()
+
+
+def elastic_field(noise: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
+    """Simard et al.'s elastic distortion field in pixels, [n, H, W, 2]: ``noise`` (``draw_elastic``)
+    smoothed by a Gaussian of ``sigma`` pixels and scaled by ``alpha``. The blur runs as two 1-d
+    convolutions with reflected borders; torchvision's ``gaussian_blur`` does the same as one 2-d
+    kernel, 7x slower on a batch of 32 (11.5 against 1.6 ms)."""
+    kernel = gaussian_kernel(sigma).to(noise.device, noise.dtype)
+    half, channels = len(kernel) // 2, noise.shape[1]
+    if half >= min(noise.shape[-2:]):
+        raise ValueError(f"elastic_sigma {sigma} needs a blur wider than the {tuple(noise.shape[-2:])} image")
+    rows = F.conv2d(F.pad(noise, (half, half, 0, 0), mode="reflect"),
+                    kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+    smooth = F.conv2d(F.pad(rows, (0, 0, half, half), mode="reflect"),
+                      kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+    return (alpha * smooth).permute(0, 2, 3, 1)
+
+
 def warp(x: torch.Tensor, u: torch.Tensor, rotate: float = 0.0, translate: float = 0.0,
-         scale: float = 0.0) -> torch.Tensor:
+         scale: float = 0.0, displacement: torch.Tensor | None = None) -> torch.Tensor:
     """Rotate (degrees), shift (fraction of size) and zoom (±fraction) each image of ``x`` by its row
-    of ``u`` (``draw_affine``) times the ranges; pixels moved in from outside get the background value.
-    Each image's result depends only on its own row, whatever else is in the call."""
+    of ``u`` (``draw_affine``) times the ranges, then move each output pixel's source by
+    ``displacement`` ([n, H, W, 2] pixels, ``elastic_field``) if given; pixels moved in from outside
+    get the background value. Each image's result depends only on its own row and field, whatever
+    else is in the call."""
     angle = torch.deg2rad(u[:, 0] * rotate)
     zoom = 1 + u[:, 1] * scale
     shift = u[:, 2:] * translate * 2  # affine_grid works in [-1, 1], i.e. 2 units per image width
@@ -223,18 +256,41 @@ def warp(x: torch.Tensor, u: torch.Tensor, rotate: float = 0.0, translate: float
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
                          torch.stack([sin, cos, shift[:, 1]], 1)], 1).to(x.device, x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    if displacement is not None:  # pixels to grid units: 2 per image width (height)
+        size = torch.tensor([x.shape[-1], x.shape[-2]], device=x.device, dtype=x.dtype)
+        grid = grid + displacement.to(x.device, x.dtype) * (2 / size)
     background = -MEAN / STD
     return F.grid_sample(x - background, grid, mode="bilinear", padding_mode="zeros",
                          align_corners=False) + background
 
 
+def draw_augmentation(n: int, size: tuple[int, int], generator: torch.Generator,
+                      elastic: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The numbers one batch of ``n`` images draws, in order: the affine rows, then the elastic
+    noise where ``elastic`` is above 0 (None otherwise: nothing more is drawn, so a loader without
+    it yields the same batches)."""
+    u = draw_affine(n, generator)
+    return u, (draw_elastic(n, size, generator) if elastic > 0 else None)
+
+
+def augment(x: torch.Tensor, u: torch.Tensor, noise: torch.Tensor | None, rotate: float = 0.0,
+            translate: float = 0.0, scale: float = 0.0, elastic: float = 0.0,
+            elastic_sigma: float = 4.0) -> torch.Tensor:
+    """``x`` warped by the numbers ``draw_augmentation`` drew for it (see ``warp``, ``elastic_field``)."""
+    displacement = None if noise is None else elastic_field(noise.to(x.device), elastic, elastic_sigma)
+    return warp(x, u, rotate, translate, scale, displacement)
+
+
 def random_affine(x: torch.Tensor, generator: torch.Generator, rotate: float = 0.0,
-                  translate: float = 0.0, scale: float = 0.0) -> torch.Tensor:
-    """Random rotation (degrees), translation (fraction of size) and scale (±fraction) per image.
+                  translate: float = 0.0, scale: float = 0.0, elastic: float = 0.0,
+                  elastic_sigma: float = 4.0) -> torch.Tensor:
+    """Random rotation (degrees), translation (fraction of size) and scale (±fraction) per image, and
+    an elastic distortion of ``elastic`` pixels (``elastic_field``) where it is above 0.
 
     ``x`` is a normalized batch [B, 1, H, W]; pixels moved in from outside get the background value.
     """
-    return warp(x, draw_affine(x.shape[0], generator), rotate, translate, scale)
+    u, noise = draw_augmentation(x.shape[0], tuple(x.shape[-2:]), generator, elastic)
+    return augment(x, u, noise, rotate, translate, scale, elastic, elastic_sigma)
 
 
 def in_clean_tail(epoch: int | None, clean_from: int | None) -> bool:
@@ -254,18 +310,23 @@ class DeviceLoader:
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 128,
                  shuffle: bool = True, device="cpu", seed: int = 0, rotate: float = 0.0,
                  translate: float = 0.0, scale: float = 0.0, limit: int | None = None,
-                 clean_from: int | None = None):
+                 clean_from: int | None = None, elastic: float = 0.0, elastic_sigma: float = 4.0):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        if not (isinstance(elastic, (int, float)) and 0 <= elastic < math.inf):
+            raise ValueError(f"elastic must be a finite number of pixels >= 0, got {elastic!r}")
+        if not (isinstance(elastic_sigma, (int, float)) and 0 < elastic_sigma < math.inf):
+            raise ValueError(f"elastic_sigma must be a finite number of pixels above 0, got {elastic_sigma!r}")
         if limit is not None:
             images, labels = images[:limit], labels[:limit]
         self.device = torch.device(device)
         self.x = (normalize(images) if images.dtype == torch.uint8 else images).to(self.device)
         self.y = labels.to(self.device)
         self.batch_size, self.shuffle = batch_size, shuffle
-        self.augment = dict(rotate=rotate, translate=translate, scale=scale)
+        self.augment = dict(rotate=rotate, translate=translate, scale=scale, elastic=elastic)
+        self.elastic_sigma = elastic_sigma
         self.clean_from, self.epoch = clean_from, None
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -295,17 +356,18 @@ class DeviceLoader:
             idx = order[start:start + self.batch_size]
             x = self.x[idx]
             if self.augmenting:
-                x = random_affine(x, self.generator, **self.augment)
+                x = random_affine(x, self.generator, **self.augment, elastic_sigma=self.elastic_sigma)
             yield x, self.y[idx]
 
 
 def mnist_loaders(data_dir="data", batch_size=128, device="cpu", seed=0, rotate=0.0,
-                  translate=0.0, scale=0.0, train_limit=None, test_batch_size=1000, clean_from=None):
+                  translate=0.0, scale=0.0, train_limit=None, test_batch_size=1000, clean_from=None,
+                  elastic=0.0, elastic_sigma=4.0):
     """Train loader (shuffled, augmented as asked, up to epoch ``clean_from`` if given) and test
     loader (in order, never augmented)."""
     train = DeviceLoader(*load_mnist(data_dir, train=True), batch_size=batch_size, device=device,
                          seed=seed, rotate=rotate, translate=translate, scale=scale, limit=train_limit,
-                         clean_from=clean_from)
+                         clean_from=clean_from, elastic=elastic, elastic_sigma=elastic_sigma)
     test = DeviceLoader(*load_mnist(data_dir, train=False), batch_size=test_batch_size,
                         shuffle=False, device=device)
     return train, test

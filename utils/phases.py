@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel
 
-from .data import DeviceLoader, draw_affine, warp
+from .data import DeviceLoader, augment, draw_augmentation
 from .train import WarmupAverage, ema_avg_fn, ema_multi_avg_fn, evaluate, memory_format_of, with_measured_bn
 
 STEP_PHASES = ("forward", "backward", "optimizer", "averages")
@@ -114,8 +114,12 @@ def augmented_batches(loader: DeviceLoader, chunk: int = 1):
         group = starts[first:first + chunk]
         sizes = [min(loader.batch_size, n - s) for s in group]
         idx = order[group[0]:group[0] + sum(sizes)]
-        u = torch.cat([draw_affine(size, loader.generator) for size in sizes])
-        yield from zip(warp(loader.x[idx], u, **loader.augment).split(sizes), loader.y[idx].split(sizes))
+        draws = [draw_augmentation(size, tuple(loader.x.shape[-2:]), loader.generator, loader.augment["elastic"])
+                 for size in sizes]
+        u = torch.cat([affine for affine, _ in draws])
+        noise = None if draws[0][1] is None else torch.cat([field for _, field in draws])
+        x = augment(loader.x[idx], u, noise, **loader.augment, elastic_sigma=loader.elastic_sigma)
+        yield from zip(x.split(sizes), loader.y[idx].split(sizes))
 
 
 def time_steps(make_model, make_optimizer, batches, path: TrainingPath, device) -> tuple[dict, torch.nn.Module]:

@@ -143,6 +143,14 @@ SETTINGS: dict[str, Setting] = {
     "translate": Setting(0.05, "random shift, ± fraction of the image", number(0, 0.5, high_open=False),
                          label="shift ±{}"),
     "scale": Setting(0.05, "random zoom, ± fraction", number(0, 0.5, high_open=False), label="scale ±{}"),
+    "elastic": Setting(0.0, "elastic distortion (Simard, Steinkraus and Platt 2003): each pixel's source moved by "
+                       "a field of uniform noise smoothed by a Gaussian of elastic_sigma pixels, times this many "
+                       "pixels (their 34), drawn per image after the affine warp's numbers; 0: none (the final)",
+                       number(0, 100, high_open=False), label="elastic {} px", absent=0.0),
+    "elastic_sigma": Setting(4.0, "the elastic field's smoothness, in pixels (Simard et al.'s 4; at most 6.5, where "
+                             "the blur's 8 sigma + 1 taps still fit the 28-pixel digit)",
+                             number(0, 6.5, low_open=True, high_open=False), label="elastic sigma {} px",
+                             absent=4.0, applies_with="elastic"),
     "clean_from": Setting(10, "the first epoch on the original digits: the low-LR epochs fit digits like the test "
                           "set's (None: augment to the end)", integer(1, MAX_EPOCHS, optional=True),
                           label="clean from epoch {}", off="augmented to the end"),
@@ -306,6 +314,14 @@ def final_training(model, recipe: Recipe, steps_per_epoch: int, epochs: int | No
     return optimizer, FastAnnealOneCycleLR(optimizer, anneal_start=(recipe.anneal_from - 1) * steps_per_epoch,
                                            anneal_steps=recipe.anneal_epochs * steps_per_epoch,
                                            floor=recipe.lr_floor, **onecycle)
+
+
+AUGMENT_SETTINGS = ("rotate", "translate", "scale", "elastic", "elastic_sigma")
+
+
+def augmentation(recipe: Recipe) -> dict:
+    """The train loader's augmentation keyword arguments that come from the recipe."""
+    return {name: getattr(recipe, name) for name in AUGMENT_SETTINGS if name in recipe}
 
 
 FIT_SETTINGS = ("ema_decay", "ema_ramp", "extra_ema_decays", "extra_ema_ramps", "label_smoothing", "grad_clip",
