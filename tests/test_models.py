@@ -17,7 +17,7 @@ ARCH_PARAMS = {"slim": 4808, "twopool": 4808, "twopool_small": 4444, "twopool_wi
                "separable_wide_shiftbn_pad": 4576, "separable_narrow_pad2": 3848,
                "separable_stem": 4536, "separable_stem_narrow": 3836,
                "separable_stem_c6": 4482, "separable_stem_c6_pad2": 4482,
-               "separable_stem_c6_pad3": 4482}
+               "separable_stem_c6_pad3": 4482, "separable_stem_c6_pad2_silu": 4482}
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -115,6 +115,25 @@ def test_a_shiftbn_layout_drops_every_learned_scale_and_the_depthwise_affine():
     assert shifted(torch.randn(2, 1, 28, 28)).shape == (2, 10)
     with pytest.raises(ValueError, match="no conv block"):
         CompactNet("shiftbn M")
+
+
+def test_an_activation_word_replaces_every_relu_and_nothing_else():
+    relu, silu = CompactNet("shiftbn c4 M d8 s6"), CompactNet("shiftbn silu c4 M d8 s6")
+    kinds = [type(m).__name__ for m in silu.modules()]
+    assert "ReLU" not in kinds and kinds.count("SiLU") == 3
+    assert [type(m).__name__ for m in relu.modules()].count("ReLU") == 3
+    assert count_params(silu) == count_params(relu)
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 28, 28)
+    silu.load_state_dict(relu.state_dict())  # the same weights, another nonlinearity
+    assert not torch.allclose(silu.eval()(x), relu.eval()(x))
+    assert CompactNet("silu shiftbn c4").features[0][1][1].bias.shape == (4,)  # the words in any order
+
+
+@pytest.mark.parametrize("layout", ["silu silu c4", "relu silu c4", "shiftbn shiftbn c4", "silu"])
+def test_layout_words_are_named_once(layout):
+    with pytest.raises(ValueError):
+        CompactNet(layout)
 
 
 def test_a_shiftbn_net_exports_and_the_program_matches_it(tmp_path):
