@@ -29,6 +29,7 @@ def test_two_seeds_two_run_folders_and_summary(tiny_notebook, tmp_path):
     for key in ("final_test_acc", "last_min_test_acc", "best_test_acc", "seconds", "holds_bar"):
         assert key in first
     assert first["epochs"] == 6
+    assert first["train_acc"] == [99.0] * 6 and "train_loss" not in first  # kept as the run recorded them
     assert first["last_min_test_acc"] == pytest.approx(99.32)  # epochs 2..6 of seed 0
     assert summary["holding_bar"] == 1  # seed 1 holds (>= 99.41), seed 0 does not
     assert set(summary["final_test_acc"]) == {"mean", "std"}
