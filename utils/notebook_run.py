@@ -155,12 +155,10 @@ def run_record(res: dict) -> dict:
             "holds_bar": s["holds_bar"], "epochs": s["epochs"],
             "seconds_per_epoch": round(statistics.median(r["seconds"] for r in res["history"]), 2),
             "test_acc": [round(r["test_acc"], 2) for r in res["history"]],
-            **({"test_loss": [round(r["test_loss"], 5) for r in res["history"]]}
-               if "test_loss" in res["history"][0] else {}),
-            # the live model on its training batches each epoch: beside the test figures, what says whether a
-            # net fits the training digits better than it generalizes
+            # per epoch where the run recorded them: the test loss, and the live model on its training batches,
+            # which says beside the test figures whether a net fits the training digits better than it generalizes
             **{key: [round(r[key], digits) for r in res["history"]]
-               for key, digits in (("train_acc", 2), ("train_loss", 5)) if key in res["history"][0]},
+               for key, digits in (("test_loss", 5), ("train_acc", 2), ("train_loss", 5)) if key in res["history"][0]},
             "config": res["config"],
             **({"averages": averages(res["history"])} if "averages" in res["history"][0] else {}),
             **({"averaged_bn": {key: [round(r["averaged_bn"][key], digits) for r in res["history"]]
