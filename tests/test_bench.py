@@ -7,14 +7,15 @@ import os
 import pytest
 import torch
 
-from utils import DeviceLoader, bench, count_params, final_net, phases, report as pages
+from utils import DeviceLoader, bench, count_params, final_net, final_training, phases, report as pages
+from utils.data import normalize
 
 
 def test_tiny_benchmark_reports_all_fields(data_dir, tmp_path):
     out = tmp_path / "bench.json"
     report = bench.run_benchmark(data_dir=data_dir, batches=2, warmup=1, repeats=1, epochs=1,
                                  train_limit=256, num_workers=0, out=out, phase_steps=2, phase_repeats=1,
-                                 test_limit=200)
+                                 test_limit=200, repeat_steps=2)
     assert json.loads(out.read_text()) == report
     for key in ("device", "machine", "torch", "threads", "speedup", "load_average_before", "load_average_after"):
         assert key in report
@@ -42,6 +43,8 @@ def test_tiny_benchmark_reports_all_fields(data_dir, tmp_path):
     assert isa["avx2_ceiling"]["cpu"]["onednn_max_cpu_isa"] == "AVX2"
     assert isa["avx2_ceiling"]["cpu"]["torch_cpu_capability"] in ("AVX2", "DEFAULT")
     assert report["cpu"]["threads"] == report["threads"]
+    assert report["repeat"]["steps"] == 2 and report["repeat"]["same_bits"]  # a CPU run repeats itself
+    assert len(set(report["repeat"]["digests"])) == 1
     page = pages.performance_table(out)
     assert "| adopted |" in page and "Where an epoch's time goes" in page and "What else the machine was doing" in page
 
@@ -75,6 +78,7 @@ def test_phase_comparison_refuses_empty_settings():
     (dict(memory_format="channels_first"), "memory_format must be one of"),
     (dict(averages=(0.9998,), tested=2), "tested must be between 0 and the 1 averages"),
     (dict(augment_chunk=0), "augment_chunk must be an integer >= 1"),
+    (dict(sgd="fastest"), "sgd must be one of 'default', 'foreach', 'fused'"),
 ])
 def test_a_mistyped_path_is_refused_where_it_is_written(bad, message):
     with pytest.raises(ValueError, match=message):
@@ -86,12 +90,20 @@ def test_bad_benchmark_settings(data_dir):
         bench.run_benchmark(data_dir=data_dir, batches=0, out=None)
     with pytest.raises(ValueError, match="phase_steps"):
         bench.run_benchmark(data_dir=data_dir, phase_repeats=0, out=None)
+    with pytest.raises(ValueError, match="repeat_steps"):
+        bench.run_benchmark(data_dir=data_dir, repeat_steps=0, out=None)
+
+
+def test_each_device_has_its_own_benchmark_file():
+    assert bench.bench_file(torch.device("cpu")).name == "bench.json"
+    assert bench.bench_file(torch.device("cuda")).name == "bench_cuda.json"
 
 
 def test_benchmark_follows_the_final_notebook(data_dir):
     recipe = bench.final_recipe()
     report = bench.run_benchmark(data_dir=data_dir, batches=1, warmup=0, repeats=1, full_run=False,
-                                 num_workers=0, out=None, phase_steps=1, phase_repeats=1, test_limit=200)
+                                 num_workers=0, out=None, phase_steps=1, phase_repeats=1, test_limit=200,
+                                 repeat_steps=1)
     assert report["recipe"] == recipe.config and report["batch_size"] == recipe.batch_size
     assert report["params"] == count_params(final_net(recipe.arch))
     assert f"±{recipe.rotate}°" in report["augmentation"] and f"scale ±{recipe.scale}" in report["augmentation"]
@@ -110,6 +122,30 @@ def test_benchmark_full_run_follows_the_clean_tail(data_dir, monkeypatch):
     monkeypatch.setattr(bench, "final_recipe", lambda: recipe)
     monkeypatch.setattr(bench, "mnist_loaders", spy)
     report = bench.run_benchmark(data_dir=data_dir, batches=1, warmup=0, repeats=1, epochs=2, train_limit=128,
-                                 num_workers=0, out=None, phase_steps=1, phase_repeats=1, test_limit=200)
+                                 num_workers=0, out=None, phase_steps=1, phase_repeats=1, test_limit=200,
+                                 repeat_steps=1)
     assert "none from epoch 2" in report["augmentation"]
-    assert told[0].clean_from == 2 and told[0].epoch == 2 and not told[0].augmenting
+    full_run = told[-len(report["full_runs"])]  # the loaders made last are the full runs' ones
+    assert full_run.clean_from == 2 and full_run.epoch == 2 and not full_run.augmenting
+
+
+@pytest.mark.parametrize("sgd", ["foreach", "fused"])
+def test_sgd_in_fewer_kernels_keeps_the_recorded_bits(mnist, sgd):
+    """The benchmark's SGD variants compute the final's update to the last bit: 30 real steps of the
+    final's recipe (Nesterov, its OneCycle schedule), the default loop against foreach or fused."""
+    (x, y), _ = mnist
+    recipe = bench.final_recipe()
+    weights = []
+    for implementation in ("default", sgd):
+        torch.manual_seed(0)
+        model = final_net(recipe.arch).to(memory_format=torch.channels_last)
+        optimizer, scheduler = final_training(model, recipe, 1875, **phases.SGD_IMPLEMENTATIONS[implementation])
+        model.train()
+        for i in range(30):
+            batch = slice(32 * i, 32 * (i + 1))
+            optimizer.zero_grad(set_to_none=True)
+            torch.nn.functional.nll_loss(model(normalize(x[batch])), y[batch]).backward()
+            optimizer.step()
+            scheduler.step()
+        weights.append([t.clone() for t in model.state_dict().values()])
+    assert all(torch.equal(a, b) for a, b in zip(*weights))

@@ -2,6 +2,7 @@
 
     python -m utils.bench                       # full benchmark, saves results/bench.json
     python -m utils.bench --no-full-run         # skip the 15-epoch trainings
+    python -m utils.bench --device cuda         # on a GPU: saves results/bench_cuda.json
 
 Model, recipe, batch size and augmentation are read from the defaults of ``notebooks/05_final.ipynb``
 (and, for steps 1-4, of ``notebooks/04_lr_scheduled.ipynb``), so the benchmark follows the notebooks.
@@ -13,11 +14,13 @@ Everything but the all-cores full run uses one thread, the runs' own count.
    per batch with grid_sample), each over a fixed number of training batches after a warm-up.
 3. Full 15-epoch runs of the final notebook's training, evaluation included: the adopted path with one
    thread and with all cores, and the recorded path with one thread.
+4. Whether a run repeats itself on the device: the final's first training steps twice from one seed.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import os
@@ -61,6 +64,12 @@ def final_recipe() -> Recipe:
     return notebook_recipe(FINAL_NOTEBOOK)
 
 
+def bench_file(device: torch.device) -> Path:
+    """Where a benchmark on ``device`` is saved: ``results/bench.json`` on a CPU (the runs' own device),
+    ``results/bench_cuda.json`` on CUDA, so the figures of one never replace the other's."""
+    return REPO / "results" / ("bench.json" if device.type == "cpu" else f"bench_{device.type}.json")
+
+
 def phase_comparisons(device, data_dir, steps: int, repeats: int, test_limit: int | None = None) -> dict:
     """``utils.phases.compare_paths`` for the final and for steps 3-4's net, each with its notebook's
     recipe, batch size and augmentation (``test_limit``: evaluate on that many test digits, a quick try)."""
@@ -74,7 +83,8 @@ def phase_comparisons(device, data_dir, steps: int, repeats: int, test_limit: in
         train = DeviceLoader(images, labels, batch_size=recipe.batch_size, device=device,
                              **augmentation(recipe))
         report[name] = phases.compare_paths(paths, lambda: build(recipe),
-                                            lambda m: final_training(m, recipe, len(train)), train, test, device,
+                                            lambda m, **sgd: final_training(m, recipe, len(train), **sgd),
+                                            train, test, device,
                                             steps=steps, repeats=repeats,
                                             bn_recompute=recipe.config.get("bn_recompute"))
         report[name].update(model=recipe.arch if name == "final" else "regularized_net",
@@ -105,6 +115,32 @@ def full_training(recipe: Recipe, threads: int, data_dir, device, epochs: int, t
     return dict(epochs=epochs, threads=threads, wall_seconds=round(wall, 1), memory_format=recipe.memory_format,
                 averages_tested=1 + len(recipe.extra_ema_decays), final_test_acc=s["final_test_acc"],
                 last_min_test_acc=s["last_min_test_acc"], train_images=len(train_loader.y))
+
+
+def repeat_check(recipe: Recipe, data_dir, device, steps: int = 300) -> dict:
+    """Whether a run repeats itself on this device: the final notebook's training (``fit``, the
+    recipe's settings) over its first ``steps`` batches, twice from the same seed, and a digest of
+    the weights each time. On a CPU the two agree to the last bit (tests prove it); on CUDA some
+    kernels sum in an order that varies from call to call."""
+    digests = []
+    for _ in range(2):
+        train_loader, test_loader = mnist_loaders(data_dir, batch_size=recipe.batch_size, device=device,
+                                                  seed=recipe.seed, train_limit=steps * recipe.batch_size,
+                                                  clean_from=recipe.clean_from, **augmentation(recipe))
+        seed_everything(recipe.seed)
+        model, optimizer, scheduler = final_run_parts(recipe, len(train_loader), 1, device)
+        fit(model, train_loader, test_loader, optimizer, 1, scheduler, progress=False, log=None,
+            **fit_settings(recipe))
+        digests.append(weights_digest(model))
+    return dict(steps=steps, same_bits=digests[0] == digests[1], digests=digests)
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of every tensor of the model's state, in order (first 16 hex digits)."""
+    sha = hashlib.sha256()
+    for tensor in model.state_dict().values():
+        sha.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return sha.hexdigest()[:16]
 
 
 def _sync(device):
@@ -204,11 +240,15 @@ def project_steps(device, batches: int, warmup: int, repeats: int, data_dir=REPO
 
 
 def run_benchmark(device="auto", data_dir="data", batches=100, warmup=10, repeats=3, full_run=True,
-                  epochs=15, train_limit=None, num_workers=2, out=REPO / "results" / "bench.json",
-                  phase_steps=150, phase_repeats=5, test_limit=None) -> dict:
-    if min(batches, repeats, epochs, phase_steps, phase_repeats) < 1 or warmup < 0:
-        raise ValueError("batches, repeats, epochs, phase_steps and phase_repeats must be >= 1, warmup >= 0")
+                  epochs=15, train_limit=None, num_workers=2, out="auto", phase_steps=150, phase_repeats=5,
+                  test_limit=None, repeat_steps=300) -> dict:
+    """``out``: the JSON file to save (``"auto"``: ``bench_file(device)``; None: not saved)."""
+    if min(batches, repeats, epochs, phase_steps, phase_repeats, repeat_steps) < 1 or warmup < 0:
+        raise ValueError("batches, repeats, epochs, phase_steps, phase_repeats and repeat_steps must be >= 1, "
+                         "warmup >= 0")
     device = pick_device(device)
+    if out == "auto":
+        out = bench_file(device)
     load_before = os.getloadavg()[0]  # what else the machine was doing as the benchmark began
     all_cores = torch.get_num_threads()
     torch.set_num_threads(1)  # the runs' own count; the all-cores full run sets its own
@@ -244,6 +284,9 @@ def run_benchmark(device="auto", data_dir="data", batches=100, warmup=10, repeat
     if device.type == "cpu":
         report["isa"] = isa_comparison(batches, warmup, repeats)
         print(f"AVX2 ceiling vs the CPU's own kernels: {report['isa']['ceiling_cost']:+.1%} per epoch")
+    report["repeat"] = repeat_check(recipe, data_dir, device, repeat_steps)
+    print(f"{report['repeat']['steps']} training steps run twice from one seed: "
+          + ("the same weights to the last bit" if report["repeat"]["same_bits"] else "different weights"))
     report["profile"] = profile_training_steps(project, device, recipe)
     print("where a training step's time goes (self CPU time):")
     for row in report["profile"]:
@@ -279,7 +322,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-full-run", action="store_true", help="skip the full training runs")
     parser.add_argument("--phase-steps", type=int, default=150, help="training steps timed per path and repetition")
     parser.add_argument("--phase-repeats", type=int, default=5, help="repetitions of the side-by-side phase timing")
-    parser.add_argument("--out", default=str(REPO / "results" / "bench.json"))
+    parser.add_argument("--out", default="auto", help="JSON file to save (default: results/bench.json on a CPU, "
+                        "results/bench_cuda.json on CUDA)")
     parser.add_argument("--steps-only", action="store_true", help=argparse.SUPPRESS)  # isa_comparison's probe
     args = parser.parse_args(argv)
     pin_isa()  # before this process's first torch operation (utils.repro)

@@ -42,6 +42,7 @@ class TrainingPath:
     tested: int = 0                   # ...and this many of them are evaluated every epoch
     average_update: str = "per tensor"  # AVERAGE_UPDATES: how each average steps
     augment_chunk: int = 1            # batches warped per grid_sample call
+    sgd: str = "default"              # SGD_IMPLEMENTATIONS: how SGD's step is computed
     same_bits: bool = True            # the recorded path's weights and tested figures, to the last bit
 
     def __post_init__(self):  # a mistyped path fails where it is written, not minutes into a benchmark
@@ -51,6 +52,8 @@ class TrainingPath:
         memory_format_of(self.memory_format)  # raises on an unknown name
         if not 0 <= self.tested <= len(self.averages):
             raise ValueError(f"tested must be between 0 and the {len(self.averages)} averages, got {self.tested!r}")
+        if self.sgd not in SGD_IMPLEMENTATIONS:
+            raise ValueError(f"sgd must be one of {', '.join(map(repr, SGD_IMPLEMENTATIONS))}, got {self.sgd!r}")
         if not isinstance(self.augment_chunk, int) or self.augment_chunk < 1:
             raise ValueError(f"augment_chunk must be an integer >= 1, got {self.augment_chunk!r}")
 
@@ -67,6 +70,10 @@ AVERAGE_UPDATES = {
     "foreach": lambda model, d: AveragedModel(model, multi_avg_fn=ema_multi_avg_fn(d), use_buffers=True),
     "flat": WarmupAverage,
 }
+# How SGD's step is computed, as torch.optim.SGD's arguments: torch's default (a loop over the tensors on
+# a CPU, foreach calls on CUDA), or every tensor in foreach calls or one fused kernel. The same
+# arithmetic: on a CPU each gives the recorded weights to the last bit (tests/test_bench.py).
+SGD_IMPLEMENTATIONS = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 RECORDED_FINAL = dict(averages=(0.9998, 0.9995), tested=2)
 # The final (05_final): round 4's runs tested its own average and round 3's shorter one every epoch.
 FINAL_PATHS = (
@@ -76,6 +83,7 @@ FINAL_PATHS = (
     TrainingPath("flat averages", "each average one flat tensor, updated in a few elementwise ops",
                  average_update="flat", **RECORDED_FINAL),
     TrainingPath("one average", "the extra average (0.9995) neither updated nor tested", averages=(0.9998,), tested=1),
+    TrainingPath("fused SGD", "SGD's step in one fused kernel", sgd="fused", **RECORDED_FINAL),
     TrainingPath("augmentation in chunks", "64 batches warped per grid_sample call, drawn per batch in the same order",
          augment_chunk=64, **RECORDED_FINAL),
     TrainingPath("channels-last", "model and batches channels-last", memory_format="channels_last", same_bits=False,
@@ -125,7 +133,7 @@ def augmented_batches(loader: DeviceLoader, chunk: int = 1):
 def time_steps(make_model, make_optimizer, batches, path: TrainingPath, device) -> tuple[dict, torch.nn.Module]:
     """Seconds per step of each phase, averaged over ``batches``, for one fresh model on ``path``; and the model."""
     model = make_model().to(device).to(memory_format=path.layout)
-    optimizer, scheduler = make_optimizer(model)
+    optimizer, scheduler = make_optimizer(model, **SGD_IMPLEMENTATIONS[path.sgd])
     averages = averages_for(model, path)
     model.train()
     spent = dict.fromkeys(STEP_PHASES, 0.0)
@@ -183,7 +191,8 @@ def compare_paths(paths, make_model, make_optimizer, train_loader: DeviceLoader,
     """Every path's phases, side by side: ``repeats`` rounds, each timing every path once (the order
     rotating), each on the same ``steps`` augmented batches. Returns per path the median seconds per
     epoch of each phase and in all, and its speed-up over the first path (the recorded one).
-    ``bn_recompute``: the recipe's, which every path's evaluation then pays."""
+    ``make_optimizer(model, **sgd_implementation)`` gives ``(optimizer, scheduler)``, SGD computed as the
+    path's ``sgd`` names. ``bn_recompute``: the recipe's, which every path's evaluation then pays."""
     if steps < 1 or repeats < 1:
         raise ValueError(f"steps and repeats must be >= 1, got {steps} and {repeats}")
     train_loader.generator.manual_seed(0)

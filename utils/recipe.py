@@ -296,17 +296,19 @@ def comparable(config: dict) -> dict:
 
 # --- what the final recipe builds: 05_final and the benchmark share it ----------------------------------------
 
-def final_training(model, recipe: Recipe, steps_per_epoch: int, epochs: int | None = None):
+def final_training(model, recipe: Recipe, steps_per_epoch: int, epochs: int | None = None, **sgd_implementation):
     """Nesterov SGD (momentum 0.9, the recipe's weight decay) and OneCycleLR to the recipe's peak,
     stepped every batch, with the recipe's fast anneal if it has one: ``(optimizer, scheduler)``.
     ``epochs``: the schedule's length when it is not the recipe's (a smoke run's 1, which ends
-    before a fast anneal starts)."""
+    before a fast anneal starts). ``sgd_implementation``: torch's ``foreach=True`` or ``fused=True``,
+    the same update computed in fewer kernels (the benchmark's variants, ``utils.phases``)."""
     import torch
 
     from .schedule import FastAnnealOneCycleLR
 
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9, nesterov=True,
-                                weight_decay=recipe.weight_decay if "weight_decay" in recipe else 0.0)
+                                weight_decay=recipe.weight_decay if "weight_decay" in recipe else 0.0,
+                                **sgd_implementation)
     onecycle = dict(max_lr=recipe.lr, epochs=epochs or recipe.epochs, steps_per_epoch=steps_per_epoch,
                     pct_start=recipe.pct_start)
     if recipe.config.get("anneal_from") is None:
