@@ -149,3 +149,13 @@ def test_sgd_in_fewer_kernels_keeps_the_recorded_bits(mnist, sgd):
             scheduler.step()
         weights.append([t.clone() for t in model.state_dict().values()])
     assert all(torch.equal(a, b) for a, b in zip(*weights))
+
+
+def test_a_cuda_benchmark_reads_as_one(tmp_path):
+    """The saved CUDA benchmark renders without the CPU's sections, says that a variant's bits are only
+    the same arithmetic there, and whether the run repeated itself; a missing file says how to make it."""
+    page = pages.performance_table(pages.REPO / "results" / "bench_cuda.json")
+    assert "device `cuda`" in page and "| fused SGD |" in page and "same arithmetic" in page
+    assert "the recorded ones" not in page and "Instruction-set ceiling" not in page
+    assert "Does a run repeat itself here?" in page
+    assert pages.performance_table(tmp_path / "none.json", "no CUDA file") == "no CUDA file"

@@ -195,8 +195,10 @@ def one_thread_runs(b: dict) -> tuple[dict | None, dict | None]:
     return by_path.get((b["recipe"].get("memory_format"), 1)), by_path.get(("contiguous", 1))
 
 
-def phase_table(name: str, comparison: dict) -> list[str]:
-    """One net's phases, path by path (``utils.phases.compare_paths``'s figures)."""
+def phase_table(name: str, comparison: dict, device_type: str = "cpu") -> list[str]:
+    """One net's phases, path by path (``utils.phases.compare_paths``'s figures). The bits a variant
+    keeps are proved on a CPU; on another device a variant that keeps them there computes the same
+    arithmetic, but that device's run need not even repeat itself (the benchmark's repeat check)."""
     c = comparison
     rows = [f"**{name}** (`{c['model']}`, {c['params']:,} parameters, batch {c['batch_size']}, "
             f"{c['steps_per_epoch']:,} steps an epoch): seconds per augmented epoch, the median of {c['repeats']} "
@@ -208,18 +210,20 @@ def phase_table(name: str, comparison: dict) -> list[str]:
             "evaluation | epoch | speed-up |", "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for r in c["paths"]:
         t = r["seconds_per_epoch"]
-        bits = "the recorded ones" if r["same_bits"] else "other"
+        bits = ("the recorded ones" if device_type == "cpu" else
+                "reference" if r is c["paths"][0] else "same arithmetic") if r["same_bits"] else "other"
         rows.append(f"| {r['path']} | {r['what']} | {bits} | " + " | ".join(f"{t[k]:.2f}" for k in (
             "forward", "backward", "optimizer", "averages", "augmentation", "evaluation"))
             + f" | **{t['total']:.2f}** | {r['speedup']:.2f}× |")
     return rows
 
 
-def performance_table(path: Path) -> str:
-    """The benchmark's figures from ``utils.bench``'s JSON."""
+def performance_table(path: Path, missing: str = "_No benchmark saved yet: run `make bench`._") -> str:
+    """The benchmark's figures from ``utils.bench``'s JSON (``missing``: what to say without one)."""
     if not path.exists():
-        return "_No benchmark saved yet: run `make bench`._"
+        return missing
     b = load_results(path)
+    device_type = b["device"].split(":")[0]
     verdict = lambda ok: "met" if ok else "**not met**"  # noqa: E731
     model = f"`{b['model']}`, {b['params']:,} parameters" if "params" in b else "the final model"
     rows = [f"Measured on {b['machine']}, torch {b['torch']}, device `{b['device']}`, one thread unless said; "
@@ -230,7 +234,7 @@ def performance_table(path: Path) -> str:
     if b.get("phases"):
         rows += ["", "### Where an epoch's time goes", ""]
         for name, comparison in b["phases"].items():
-            rows += phase_table("The final" if name == "final" else "Steps 3-4", comparison) + [""]
+            rows += phase_table("The final" if name == "final" else "Steps 3-4", comparison, device_type) + [""]
         final = b["phases"]["final"]["paths"]
         adopted = next(r for r in final if r["path"] == "adopted")
         rows.append(f"The adopted path against the recorded one, per epoch of the final: **{adopted['speedup']:.2f}×** "
@@ -273,6 +277,11 @@ def performance_table(path: Path) -> str:
         c = b["cpu"]
         rows += ["", f"CPU: {c['cpu']}; torch kernels {c['torch_cpu_capability']}, oneDNN ceiling "
                  f"{c['onednn_max_cpu_isa']}, {c['threads']} thread(s)."]
+    if b.get("repeat"):
+        r = b["repeat"]
+        rows += ["", f"Does a run repeat itself here? The final notebook's training over its first {r['steps']} "
+                 f"batches, twice from one seed: " + ("**the same weights to the last bit**." if r["same_bits"] else
+                 f"**different weights** (digests {' and '.join(f'`{d}`' for d in r['digests'])}).")]
     if b.get("profile"):
         rows += ["", "Where a training step's time goes (the project path, `torch.profiler`, self CPU time):", "",
                  "| operator | share | calls |", "|---|--:|--:|"]
@@ -339,6 +348,9 @@ def generated_blocks(results_dir: Path) -> dict[str, dict[str, Callable[[], str]
         },
         "docs/performance.md": {
             "performance": lambda: performance_table(results_dir / "bench.json"),
+            "performance-cuda": lambda: performance_table(
+                results_dir / "bench_cuda.json",
+                "_No CUDA benchmark saved yet: run `python -m utils.bench --device cuda` on a GPU._"),
             "main-job": lambda: main_job_line(results_dir / "main_job.json"),
         },
     }
