@@ -17,7 +17,8 @@ ARCH_PARAMS = {"slim": 4808, "twopool": 4808, "twopool_small": 4444, "twopool_wi
                "separable_wide_shiftbn_pad": 4576, "separable_narrow_pad2": 3848,
                "separable_stem": 4536, "separable_stem_narrow": 3836,
                "separable_stem_c6": 4482, "separable_stem_c6_pad2": 4482,
-               "separable_stem_c6_pad3": 4482, "separable_stem_c6_pad2_silu": 4482}
+               "separable_stem_c6_pad3": 4482, "separable_stem_c6_pad2_silu": 4482,
+               "separable_stem_c6_pad2_late_pool": 4482}
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
