@@ -18,7 +18,7 @@ ARCH_PARAMS = {"slim": 4808, "twopool": 4808, "twopool_small": 4444, "twopool_wi
                "separable_stem": 4536, "separable_stem_narrow": 3836,
                "separable_stem_c6": 4482, "separable_stem_c6_pad2": 4482,
                "separable_stem_c6_pad3": 4482, "separable_stem_c6_pad2_silu": 4482,
-               "separable_stem_c6_pad2_late_pool": 4482}
+               "separable_stem_c6_pad2_late_pool": 4482, "separable_stem_c6_pad2_dwact": 4482}
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -131,7 +131,21 @@ def test_an_activation_word_replaces_every_relu_and_nothing_else():
     assert CompactNet("silu shiftbn c4").features[0][1][1].bias.shape == (4,)  # the words in any order
 
 
-@pytest.mark.parametrize("layout", ["silu silu c4", "relu silu c4", "shiftbn shiftbn c4", "silu"])
+def test_dwact_adds_an_activation_after_each_depthwise_filter_and_no_parameter():
+    plain, dwact = CompactNet("shiftbn c4 M d8 d8 s6"), CompactNet("dwact shiftbn c4 M d8 d8 s6")
+    assert count_params(dwact) == count_params(plain)
+    assert [type(m).__name__ for m in dwact.features[2]] == ["Conv2d", "BatchNorm2d", "ReLU", "Conv2d", "Sequential",
+                                                           "ReLU"]
+    assert [type(m).__name__ for m in dwact.modules()].count("ReLU") == 6  # c4, s6 and two per separable block
+    assert [type(m).__name__ for m in CompactNet("dwact silu d8").modules()].count("SiLU") == 2
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 28, 28)
+    # the same weights, one more nonlinearity per block (the ReLU shifts the later layers' indices)
+    dwact.load_state_dict(dict(zip(dwact.state_dict(), plain.state_dict().values())))
+    assert not torch.allclose(dwact.eval()(x), plain.eval()(x))
+
+
+@pytest.mark.parametrize("layout", ["silu silu c4", "relu silu c4", "shiftbn shiftbn c4", "silu", "dwact dwact c4"])
 def test_layout_words_are_named_once(layout):
     with pytest.raises(ValueError):
         CompactNet(layout)
