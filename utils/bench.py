@@ -99,39 +99,38 @@ def full_training(recipe: Recipe, threads: int, data_dir, device, epochs: int, t
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        train_loader, test_loader = mnist_loaders(data_dir, batch_size=recipe.batch_size, device=device,
-                                                  seed=recipe.seed, train_limit=train_limit,
-                                                  clean_from=recipe.clean_from, **augmentation(recipe))
-        seed_everything(recipe.seed)
-        model, optimizer, scheduler = final_run_parts(recipe, len(train_loader), epochs, device)
-        start = time.perf_counter()
-        history = fit(model, train_loader, test_loader, optimizer, epochs, scheduler, progress=False, log=None,
-                      **fit_settings(recipe))
-        _sync(device)
-        wall = time.perf_counter() - start
+        _, history, train_images, wall = train_final(recipe, data_dir, device, epochs, train_limit)
     finally:
         torch.set_num_threads(before)
     s = summarize(history)
     return dict(epochs=epochs, threads=threads, wall_seconds=round(wall, 1), memory_format=recipe.memory_format,
                 averages_tested=1 + len(recipe.extra_ema_decays), final_test_acc=s["final_test_acc"],
-                last_min_test_acc=s["last_min_test_acc"], train_images=len(train_loader.y))
+                last_min_test_acc=s["last_min_test_acc"], train_images=train_images)
+
+
+def train_final(recipe: Recipe, data_dir, device, epochs: int, train_limit=None):
+    """The final notebook's calls: its loaders, seed, model, optimizer, schedule and ``fit``, for ``epochs``
+    epochs on the first ``train_limit`` training digits. Returns the trained model, its history, the
+    number of training digits and the seconds ``fit`` took (evaluation included, set-up not)."""
+    train_loader, test_loader = mnist_loaders(data_dir, batch_size=recipe.batch_size, device=device,
+                                              seed=recipe.seed, train_limit=train_limit,
+                                              clean_from=recipe.clean_from, **augmentation(recipe))
+    seed_everything(recipe.seed)
+    model, optimizer, scheduler = final_run_parts(recipe, len(train_loader), epochs, device)
+    start = time.perf_counter()
+    history = fit(model, train_loader, test_loader, optimizer, epochs, scheduler, progress=False, log=None,
+                  **fit_settings(recipe))
+    _sync(device)
+    return model, history, len(train_loader.y), time.perf_counter() - start
 
 
 def repeat_check(recipe: Recipe, data_dir, device, steps: int = 300) -> dict:
-    """Whether a run repeats itself on this device: the final notebook's training (``fit``, the
-    recipe's settings) over its first ``steps`` batches, twice from the same seed, and a digest of
-    the weights each time. On a CPU the two agree to the last bit (tests prove it); on CUDA some
-    kernels sum in an order that varies from call to call."""
-    digests = []
-    for _ in range(2):
-        train_loader, test_loader = mnist_loaders(data_dir, batch_size=recipe.batch_size, device=device,
-                                                  seed=recipe.seed, train_limit=steps * recipe.batch_size,
-                                                  clean_from=recipe.clean_from, **augmentation(recipe))
-        seed_everything(recipe.seed)
-        model, optimizer, scheduler = final_run_parts(recipe, len(train_loader), 1, device)
-        fit(model, train_loader, test_loader, optimizer, 1, scheduler, progress=False, log=None,
-            **fit_settings(recipe))
-        digests.append(weights_digest(model))
+    """Whether a run repeats itself on this device: the final notebook's training (``train_final``)
+    over its first ``steps`` batches, twice from the same seed, and a digest of the weights each time.
+    On a CPU the two agree to the last bit (tests prove it); on CUDA some kernels sum in an order that
+    varies from call to call."""
+    digests = [weights_digest(train_final(recipe, data_dir, device, 1, steps * recipe.batch_size)[0])
+               for _ in range(2)]
     return dict(steps=steps, same_bits=digests[0] == digests[1], digests=digests)
 
 
