@@ -372,3 +372,24 @@ def test_a_new_levers_ablation_of_another_size_and_the_kept_statistics_sit_in_to
     assert lines[5].startswith("| nothing: the final recipe on the previous final, `separable_shiftbn_pad` (4,976 "
                                "parameters); made contiguous, averaged BN statistics | `seeds_4976_contiguous.json` |")
     assert lines[6].startswith("| EMA off; made contiguous, averaged BN statistics | `ablation_4976_ema_off.json` |")
+
+
+def test_an_earlier_final_with_its_own_recipe_is_read_against_its_own_seed_study(tmp_path):
+    """A new final may change the recipe too (a higher peak, say): an earlier final's ablations then pair
+    with the kept seed study that agrees with them on everything they did not change (their recorded
+    parameters), not with that net run on today's recipe."""
+    save_json(tmp_path / "05_final.json", dict(config={**FINAL, "arch": "separable_wide", "lr": 0.2}))
+    save_json(tmp_path / "seeds.json", dict(runs=[_run(f"seed{s}", s, 99.55, True, 4880, arch="separable_wide",
+                                                       lr=0.2) for s in range(10)]))
+    save_json(tmp_path / "seeds_4808_own_recipe.json", dict(runs=[_run(f"seed{s}", s, 99.45, True) for s in range(5)]))
+    save_json(tmp_path / "seeds_4808_todays_recipe.json",
+              dict(runs=[_run(f"seed{s}", s, 99.10, True, lr=0.2) for s in range(5)]))
+    ablation = [{**_run(f"seed{s}", s, 99.30, False, ema_decay=None), "parameters": dict(ema_decay=None, seed=s)}
+                for s in range(3)]
+    save_json(tmp_path / "ablation_4808_ema.json", dict(runs=ablation))
+    lines = search.ablation_table(tmp_path).splitlines()
+    assert lines[2].startswith("| nothing: the recipe of an earlier final, `twopool` (4,808 parameters) "
+                               "| `seeds_4808_own_recipe.json` | 0–2 | 3/3 | 99.45 ± 0.00 |")
+    assert lines[3].startswith("| EMA off | `ablation_4808_ema.json` | 0–2 | 0/3 | 99.30 ± 0.00 |")
+    (tmp_path / "seeds_4808_own_recipe.json").unlink()  # that net on today's recipe is not what was ablated
+    assert search.ablation_table(tmp_path).startswith("_No seed study of the ablated recipe")

@@ -165,19 +165,36 @@ def evaluation_of_run(run: dict) -> dict:
 
 
 def ablated_final(results_dir: Path, final: dict, arch: str, seeds: set[int],
-                  evaluation: dict | None = None) -> tuple[str, dict] | None:
-    """The seed study of the final recipe on ``arch`` that ran ``seeds``: ``results/seeds.json`` when
-    the final is that net, else the kept study (``seeds_*.json``) whose runs have the final recipe
-    with that arch (``final``: today's final config), with the ablation's ``evaluation`` settings
-    (``EVALUATION_SETTINGS``; None: the final's). An ablation made on an earlier final, or in another
-    memory format, stays paired with the runs it was made beside."""
-    wanted = trained_recipe({**final, "arch": arch, **(evaluation or {})})
+                  evaluation: dict | None = None, ablations: list[list[dict]] = ()) -> tuple[str, dict] | None:
+    """The seed study an ablation block is read against: ``results/seeds.json`` or a kept study
+    (``seeds_*.json``) whose runs are of ``arch``, ran ``seeds`` and have the block's ``evaluation``
+    settings (``EVALUATION_SETTINGS``; None: today's final's, ``final`` being its config).
+
+    Its recipe is the one the ablations changed: each run agrees with every ablation run (``ablations``,
+    one list per study) on each setting that study did not set (its runs' ``parameters``), so an earlier
+    final is paired with its own recipe, not today's. Without ablations, or with runs that do not record
+    their parameters, today's final recipe on ``arch``."""
+    wanted_evaluation = {**evaluation_of_run(dict(config=final)), **(evaluation or {})}
+    wanted = trained_recipe({**final, "arch": arch, **wanted_evaluation})
+
+    def same_recipe(run: dict) -> bool:
+        if not ablations or any("parameters" not in r for study in ablations for r in study):
+            return trained_recipe(run["config"]) == wanted  # records that do not say what they changed
+        mine = trained_recipe(run["config"])
+        for study in ablations:
+            for other in study:
+                changed = set(other.get("parameters") or {})
+                theirs = trained_recipe(other["config"])
+                if any(mine.get(k) != theirs.get(k) for k in set(mine) | set(theirs) if k not in changed):
+                    return False
+        return run["config"].get("arch") == arch and evaluation_of_run(run) == wanted_evaluation
+
     for path in [results_dir / "seeds.json", *sorted(results_dir.glob("seeds_*.json"))]:
         if not path.exists():
             continue
         study = load_results(path)
         runs = [r for r in study["runs"] if r.get("status") == "ok"]
-        if (runs and all("config" in r and trained_recipe(r["config"]) == wanted for r in runs)
+        if (runs and all("config" in r and same_recipe(r) for r in runs)
                 and seeds <= {r["config"]["seed"] for r in runs}):
             return path.name, study
     return None
@@ -259,7 +276,8 @@ def _ablation_rows(results_dir: Path, final_config: dict, arch: str, studies: li
     """A block of ``ablation_table``; ``other``: the evaluation settings of studies made with other values
     than today's final, which each row then names."""
     used = {r["config"]["seed"] for _, s in studies for r in s["runs"] if r["status"] == "ok"}
-    found = ablated_final(results_dir, final_config, arch, used, other)
+    ablations = [[r for r in s["runs"] if r["status"] == "ok"] for _, s in studies]
+    found = ablated_final(results_dir, final_config, arch, used, other, ablations)
     if found is None:
         return None
     base_name, base = found
@@ -271,7 +289,11 @@ def _ablation_rows(results_dir: Path, final_config: dict, arch: str, studies: li
         through.append((base_name, dict(runs=as_tested_with_kept_bn(base["runs"]))))
     nothing = "nothing: the final recipe"
     if arch != final_config.get("arch"):
-        nothing += f" on the previous final, `{arch}` ({base['runs'][0]['params']:,} parameters)"
+        params = f"`{arch}` ({base['runs'][0]['params']:,} parameters)"
+        today = trained_recipe({**final_config, **evaluation_of_run(dict(config=reference))})
+        same = _without_net(trained_recipe(reference)) == _without_net(today)
+        nothing = (f"nothing: the final recipe on the previous final, {params}" if same
+                   else f"nothing: the recipe of an earlier final, {params}")
     rows = []
     for name, summary in [(base_name, base), *through, *studies]:
         for runs in candidates(summary).values():
@@ -288,6 +310,10 @@ def _ablation_rows(results_dir: Path, final_config: dict, arch: str, studies: li
             rows.append(f"| {label} | `{name}` | {_seeds(r['seeds'])} | {r['holding']}/{r['runs']} "
                         f"| {r['last_min']} | {r['worst']:.2f} | {final_mean:.2f} |")
     return rows
+
+
+def _without_net(recipe: dict) -> dict:
+    return {k: v for k, v in recipe.items() if k not in ("arch", "layout")}
 
 
 def _read_through(run: dict, curves: dict, changes: dict, last_n: int = 5) -> dict:
