@@ -176,18 +176,18 @@ def ablated_final(results_dir: Path, final: dict, arch: str, seeds: set[int],
     their parameters, today's final recipe on ``arch``."""
     wanted_evaluation = {**evaluation_of_run(dict(config=final)), **(evaluation or {})}
     wanted = trained_recipe({**final, "arch": arch, **wanted_evaluation})
+    ablated = [r for study in ablations for r in study]
+    # each ablation run once: the settings it was given, and its recipe
+    given = ([(set(r["parameters"]), trained_recipe(r["config"])) for r in ablated]
+             if ablated and all("parameters" in r for r in ablated) else None)
 
     def same_recipe(run: dict) -> bool:
-        if not ablations or any("parameters" not in r for study in ablations for r in study):
-            return trained_recipe(run["config"]) == wanted  # records that do not say what they changed
         mine = trained_recipe(run["config"])
-        for study in ablations:
-            for other in study:
-                changed = set(other.get("parameters") or {})
-                theirs = trained_recipe(other["config"])
-                if any(mine.get(k) != theirs.get(k) for k in set(mine) | set(theirs) if k not in changed):
-                    return False
-        return run["config"].get("arch") == arch and evaluation_of_run(run) == wanted_evaluation
+        if given is None:  # records that do not say what they changed: today's final recipe on arch
+            return mine == wanted
+        return (run["config"].get("arch") == arch and evaluation_of_run(run) == wanted_evaluation
+                and all(mine.get(k) == theirs.get(k) for changed, theirs in given
+                        for k in set(mine) | set(theirs) if k not in changed))
 
     for path in [results_dir / "seeds.json", *sorted(results_dir.glob("seeds_*.json"))]:
         if not path.exists():
