@@ -18,7 +18,8 @@ ARCH_PARAMS = {"slim": 4808, "twopool": 4808, "twopool_small": 4444, "twopool_wi
                "separable_stem": 4536, "separable_stem_narrow": 3836,
                "separable_stem_c6": 4482, "separable_stem_c6_pad2": 4482,
                "separable_stem_c6_pad3": 4482, "separable_stem_c6_pad2_silu": 4482,
-               "separable_stem_c6_pad2_late_pool": 4482, "separable_stem_c6_pad2_dwact": 4482}
+               "separable_stem_c6_pad2_late_pool": 4482, "separable_stem_c6_pad2_dwact": 4482,
+               "separable_stem_c6_pad2_silu_g2w40": 3994, "separable_stem_c6_pad2_silu_residual": 4482}
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -145,7 +146,59 @@ def test_dwact_adds_an_activation_after_each_depthwise_filter_and_no_parameter()
     assert not torch.allclose(dwact.eval()(x), plain.eval()(x))
 
 
-@pytest.mark.parametrize("layout", ["silu silu c4", "relu silu c4", "shiftbn shiftbn c4", "silu", "dwact dwact c4"])
+def test_a_grouped_token_halves_the_pointwise_weights_and_shuffles_the_channels():
+    plain, grouped = CompactNet("shiftbn c4 M d8 d8"), CompactNet("shiftbn c4 M d8 d8g2")
+    assert count_params(plain) - count_params(grouped) == 8 * 8 // 2
+    block = grouped.features[3]
+    assert block[2].groups == 2 and isinstance(block[-1], nn.ChannelShuffle)
+    assert grouped(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    # the shuffle interleaves the two groups: channel 1 of the output is channel 4 before it
+    x = torch.arange(8.0).view(1, 8, 1, 1)
+    assert block[-1](x).flatten().tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
+    assert CompactNet("shiftbn c4 M d8pg4").features[2][2].groups == 4  # padded and grouped
+    with pytest.raises(ValueError, match="divisible by 2"):
+        CompactNet("c4 M d7g2")
+
+
+def test_residual_adds_an_identity_shortcut_only_where_the_width_is_kept():
+    plain, residual = CompactNet("shiftbn c4 M d8 d8 d8p"), CompactNet("shiftbn residual c4 M d8 d8 d8p")
+    assert count_params(residual) == count_params(plain)
+    kinds = [type(m).__name__ for m in residual.features]
+    assert kinds == ["Sequential", "MaxPool2d", "Sequential", "Residual", "Residual"]  # c4 -> d8 changes width
+    # the same weights, in the same order under other names: only the shortcuts differ
+    residual.load_state_dict(dict(zip(residual.state_dict(), plain.state_dict().values())))
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 28, 28)
+    assert not torch.allclose(residual.eval()(x), plain.eval()(x))
+    # an unpadded block shrinks 10x10 to 8x8: the shortcut is x's centre, added before the activation
+    block, h = residual.features[3], torch.randn(1, 8, 10, 10)
+    expected = block.activation(block.body(h) + h[..., 1:9, 1:9])
+    assert torch.equal(block(h), expected)
+    padded = residual.features[4]
+    h = torch.randn(1, 8, 8, 8)
+    assert torch.equal(padded(h), padded.activation(padded.body(h) + h))
+    grouped = CompactNet("residual silu c4 M d8 d8g2").features[3]
+    assert isinstance(grouped.activation, nn.SiLU) and isinstance(grouped.after[0], nn.ChannelShuffle)
+
+
+@pytest.mark.parametrize("layout", ["c4 M d8g1", "c4 M d8g0", "c4 M c8g2", "c4 M d8gp2"])
+def test_bad_group_tokens_are_refused(layout):
+    with pytest.raises(ValueError, match="bad token"):
+        CompactNet(layout)
+
+
+def test_grouped_and_residual_nets_export_and_the_program_matches_them(tmp_path):
+    from utils.export import export_model
+
+    for arch in ("separable_stem_c6_pad2_silu_g2w40", "separable_stem_c6_pad2_silu_residual"):
+        net = final_net(arch).eval()
+        x = torch.randn(4, 1, 28, 28)
+        program = torch.export.load(export_model(net, tmp_path / f"{arch}.pt2")).module()
+        assert torch.allclose(program(x), net(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["silu silu c4", "relu silu c4", "shiftbn shiftbn c4", "silu", "dwact dwact c4",
+                                    "residual residual c4"])
 def test_layout_words_are_named_once(layout):
     with pytest.raises(ValueError):
         CompactNet(layout)
