@@ -321,6 +321,10 @@ ARCHS = {
     # The SiLU net with an identity shortcut around each block that keeps its width (the last two,
     # centre-cropped): no parameter more, and an easier path for the gradient through the stack.
     "separable_stem_c6_pad2_silu_residual": "shiftbn silu residual c6 d8 M d24p d32p d32 d32",  # 4,482
+    # The SiLU net's weights with a second max-pool after the 12x12 blocks: the last two blocks work on
+    # 6x6 maps (padded), so the receptive field before the head grows from 22 to 32 pixels (the whole
+    # digit, from every position) at a quarter fewer multiply-adds (370k against 490k).
+    "separable_stem_c6_pad2_silu_twopool": "shiftbn silu c6 d8 M d24p d32p M d32p d32p",  # 4,482
 }
 FINAL_ARCH = "separable_shiftbn_pad"
 
