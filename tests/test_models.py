@@ -182,7 +182,7 @@ def test_residual_adds_an_identity_shortcut_only_where_the_width_is_kept():
     assert isinstance(grouped.activation, nn.SiLU) and isinstance(grouped.after[0], nn.ChannelShuffle)
 
 
-@pytest.mark.parametrize("layout", ["c4 M d8g1", "c4 M d8g0", "c4 M c8g2", "c4 M d8gp2"])
+@pytest.mark.parametrize("layout", ["c4 M d8g1", "c4 M d8g0", "c4 M d8g01", "c4 M c8g2", "c4 M d8gp2"])
 def test_bad_group_tokens_are_refused(layout):
     with pytest.raises(ValueError, match="bad token"):
         CompactNet(layout)

@@ -238,7 +238,7 @@ class CompactNet(nn.Module):
                 layers.append(nn.MaxPool2d(2))
                 continue
             match = re.fullmatch(r"c(\d+)(p?)|d(\d+)(p?)(?:g(\d+))?|s(\d+)", token)
-            if not match or int(match[1] or match[3] or match[6]) < 1 or match[5] in ("0", "1"):
+            if not match or int(match[1] or match[3] or match[6]) < 1 or int(match[5] or 2) < 2:
                 raise ValueError(f"bad token {token!r} in layout {layout!r}: "
                                  "use cN, cNp, dN, dNp, dNgK, dNpgK (K >= 2 groups), sN or M")
             if match[6]:
