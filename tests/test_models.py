@@ -3,7 +3,7 @@ import torch
 import torch.nn as nn
 
 from utils import MODELS, count_params, receptive_field
-from utils.models import (ARCHS, CompactNet, Shift, conv_block, final_net, gap_head, norm, separable_block,
+from utils.models import (ARCHS, BlurPool2d, CompactNet, Shift, conv_block, final_net, gap_head, norm, separable_block,
                           transition)
 from utils.search import macs_per_image
 
@@ -20,7 +20,7 @@ ARCH_PARAMS = {"slim": 4808, "twopool": 4808, "twopool_small": 4444, "twopool_wi
                "separable_stem_c6_pad3": 4482, "separable_stem_c6_pad2_silu": 4482,
                "separable_stem_c6_pad2_late_pool": 4482, "separable_stem_c6_pad2_dwact": 4482,
                "separable_stem_c6_pad2_silu_g2w40": 3994, "separable_stem_c6_pad2_silu_residual": 4482,
-               "separable_stem_c6_pad2_silu_twopool": 4482}
+               "separable_stem_c6_pad2_silu_twopool": 4482, "separable_stem_c6_pad2_silu_blurpool": 4482}
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -182,16 +182,38 @@ def test_residual_adds_an_identity_shortcut_only_where_the_width_is_kept():
     assert isinstance(grouped.activation, nn.SiLU) and isinstance(grouped.after[0], nn.ChannelShuffle)
 
 
+def test_the_blurred_pool_is_a_max_at_stride_1_then_a_binomial_blur_at_stride_2():
+    plain, blurred = CompactNet("shiftbn c4 d8 M d8"), CompactNet("shiftbn c4 d8 Mb d8")
+    assert count_params(blurred) == count_params(plain) and not list(blurred.features[2].parameters())
+    assert blurred.features[2].state_dict() == {}  # the fixed filter is no saved weight
+    pool = BlurPool2d(3)
+    x = torch.randn(2, 3, 24, 24)
+    assert pool(x).shape == nn.MaxPool2d(2)(x).shape == (2, 3, 12, 12)
+    # by hand: the 2x2 maxima at every offset, the border reflected, [1, 2, 1] x [1, 2, 1] / 16 every second pixel
+    maxima = nn.functional.pad(nn.functional.max_pool2d(x, 2, stride=1), (1, 1, 1, 1), mode="reflect")
+    taps = torch.tensor([1.0, 2.0, 1.0])
+    window = torch.outer(taps, taps) / 16
+    expected = torch.stack([torch.stack([(maxima[..., 2 * i:2 * i + 3, 2 * j:2 * j + 3] * window).sum((-1, -2))
+                                         for j in range(12)], -1) for i in range(12)], -2)
+    assert torch.allclose(pool(x), expected, atol=1e-6)
+    # a flat map stays flat: the blur's taps sum to one
+    assert torch.allclose(pool(torch.ones(1, 3, 8, 8)), torch.ones(1, 3, 4, 4))
+    rows = receptive_field(blurred)
+    assert [r["type"] for r in rows][3:5] == ["MaxPool2d", "BlurPool2d"]
+    assert (rows[3]["stride"], rows[4]["kernel"], rows[4]["stride"]) == (1, 3, 2)
+
+
 @pytest.mark.parametrize("layout", ["c4 M d8g1", "c4 M d8g0", "c4 M d8g01", "c4 M c8g2", "c4 M d8gp2"])
 def test_bad_group_tokens_are_refused(layout):
     with pytest.raises(ValueError, match="bad token"):
         CompactNet(layout)
 
 
-def test_grouped_and_residual_nets_export_and_the_program_matches_them(tmp_path):
+def test_grouped_residual_and_blurred_pool_nets_export_and_the_program_matches_them(tmp_path):
     from utils.export import export_model
 
-    for arch in ("separable_stem_c6_pad2_silu_g2w40", "separable_stem_c6_pad2_silu_residual"):
+    for arch in ("separable_stem_c6_pad2_silu_g2w40", "separable_stem_c6_pad2_silu_residual",
+                 "separable_stem_c6_pad2_silu_blurpool"):
         net = final_net(arch).eval()
         x = torch.randn(4, 1, 28, 28)
         program = torch.export.load(export_model(net, tmp_path / f"{arch}.pt2")).module()
@@ -238,7 +260,7 @@ def test_final_net_rejects_bad_arguments(kwargs, message):
         final_net(**kwargs)
 
 
-@pytest.mark.parametrize("layout", ["", "M", "c8 x3", "c0", "c8q", "s0", "s8p"])
+@pytest.mark.parametrize("layout", ["", "M", "Mb", "c8 Mx", "c8 mb", "c8 x3", "c0", "c8q", "s0", "s8p"])
 def test_compact_net_rejects_bad_layouts(layout):
     with pytest.raises(ValueError):
         CompactNet(layout)

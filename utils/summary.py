@@ -8,6 +8,8 @@ import torch
 import torch.nn as nn
 from torchsummary import summary as torchsummary_summary
 
+from utils.models import BlurPool2d
+
 
 def count_params(model: nn.Module) -> int:
     """Trainable parameters (batch-norm running statistics are buffers, not counted)."""
@@ -47,7 +49,7 @@ def receptive_field(model: nn.Module, input_size=(1, 28, 28)) -> list[dict]:
                          stride=stride, padding=padding, size_in=size_in, size_out=size_out,
                          jump_in=jump_in, jump_out=state["jump"], rf_in=rf_in, rf_out=state["rf"]))
 
-    spatial = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+    spatial = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, BlurPool2d)
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, spatial)]
     try:
         with torch.no_grad():
