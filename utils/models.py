@@ -193,14 +193,13 @@ class BlurPool2d(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         taps = torch.tensor([1.0, 2.0, 1.0])
-        self.channels = channels
         self.register_buffer("blur", (torch.outer(taps, taps) / 16).expand(channels, 1, 3, 3).clone(),
                              persistent=False)
         self.max = nn.MaxPool2d(2, stride=1)
 
     def forward(self, x):
         x = F.pad(self.max(x), (1, 1, 1, 1), mode="reflect")
-        return F.conv2d(x, self.blur, stride=2, groups=self.channels)
+        return F.conv2d(x, self.blur, stride=2, groups=self.blur.shape[0])
 
 
 def squeeze_block(c_in: int, c_out: int, scale: bool = True, activation=nn.ReLU) -> nn.Sequential:
@@ -210,6 +209,8 @@ def squeeze_block(c_in: int, c_out: int, scale: bool = True, activation=nn.ReLU)
 
 
 DROPOUT_KINDS = {"element": nn.Dropout, "channel": nn.Dropout2d}
+# A layout's pooling tokens, each built for the channels it receives.
+POOLS = {"M": lambda channels: nn.MaxPool2d(2), "Mb": BlurPool2d}
 # A layout's activation word. ReLU zeroes every negative input, so a channel whose pre-activation sits
 # below zero passes nothing and learns nothing; at 6-8 channels a stage has few to lose. SiLU (x * sigmoid x,
 # "swish" in MobileNetV3 and EfficientNet) is smooth and lets a little through below zero, at no parameter.
@@ -246,7 +247,7 @@ class CompactNet(nn.Module):
         depthwise_activation = "dwact" in words
         shortcuts = "residual" in words
         activation = ACTIVATIONS[named_activations[0] if named_activations else "relu"]
-        convs = [t for t in tokens if t not in ("M", "Mb")]
+        convs = [t for t in tokens if t not in POOLS]
         if not convs:
             raise ValueError(f"layout {layout!r} has no conv block")
         if dropout_kind not in DROPOUT_KINDS:
@@ -256,8 +257,8 @@ class CompactNet(nn.Module):
         self.layout = layout
         layers, c_in, seen = [], 1, 0
         for token in tokens:
-            if token in ("M", "Mb"):
-                layers.append(nn.MaxPool2d(2) if token == "M" else BlurPool2d(c_in))
+            if token in POOLS:
+                layers.append(POOLS[token](c_in))
                 continue
             match = re.fullmatch(r"c(\d+)(p?)|d(\d+)(p?)(?:g(\d+))?|s(\d+)", token)
             if not match or int(match[1] or match[3] or match[6]) < 1 or int(match[5] or 2) < 2:
