@@ -259,6 +259,7 @@ def test_kernels_get_the_isa_ceiling_and_results_record_it(tmp_path, monkeypatch
                                   {"results_dir": str(tmp_path)}, 1, str(tmp_path / "run"))
     info = json.loads((tmp_path / "cpu.json").read_text())
     assert info["onednn_max_cpu_isa"] == "AVX2" and info["aten_cpu_capability"] == "avx2"
+    assert info["mkl_enable_instructions"] == "AVX2"
     assert info["torch_cpu_capability"] in ("AVX2", "DEFAULT")  # never above the ceiling
     assert info["threads"] == 1
 

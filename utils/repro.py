@@ -1,16 +1,19 @@
 """Repeatable CPU runs: the instruction set a run used, and a ceiling the headless runners pin.
 
-A CPU run repeats bit for bit only with the same thread count *and* the same kernels: oneDNN and
-ATen pick AVX-512 code on CPUs that have it and AVX2 code on those that do not, and the two round
-differently. The runners (main job, batch, benchmark) therefore cap both at AVX2, which every
+A CPU run repeats bit for bit only with the same thread count *and* the same kernels: oneDNN, ATen
+and MKL pick AVX-512 code on CPUs that have it and AVX2 code on those that do not, and the two round
+differently. The runners (main job, batch, benchmark) therefore cap all three at AVX2, which every
 x86-64 CPU of the last decade has, so that any such machine can reproduce a committed history
-exactly. What the cap costs in speed is measured by ``make bench`` (``results/bench.json``, "isa").
+exactly. MKL counts too: it computes the augmentation's sampling grids (``affine_grid``), and an
+Intel CPU with AVX-512 left uncapped there parts from an AMD CPU's history within the first epoch
+(docs/repeatability.md). What the cap costs in speed is measured by ``make bench``
+(``results/bench.json``, "isa").
 
 Importing ``utils`` sets the ceiling (before it imports torch), so a notebook whose first cell
 imports it repeats the saved runs too, in Jupyter, under plain papermill or nbmake. To run the
 CPU's own best kernels instead, set ``MNIST_NATIVE_ISA=1``; a ceiling the user exports
-(``ONEDNN_MAX_CPU_ISA``, ``ATEN_CPU_CAPABILITY``) is kept as it is. This module imports no torch
-at its top, so that ``utils/__init__`` can pin the ceiling first.
+(``ONEDNN_MAX_CPU_ISA``, ``ATEN_CPU_CAPABILITY``, ``MKL_ENABLE_INSTRUCTIONS``) is kept as it is. This
+module imports no torch at its top, so that ``utils/__init__`` can pin the ceiling first.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ import os
 import platform
 from pathlib import Path
 
-# Read by oneDNN (convolutions) and ATen (element-wise kernels) at their first use in a process.
-ISA_CEILING = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+# Read by oneDNN (convolutions), ATen (element-wise kernels) and MKL (matrix products) at their
+# first use in a process.
+ISA_CEILING = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 NATIVE_ENV = "MNIST_NATIVE_ISA"
 
 
@@ -53,4 +57,5 @@ def cpu_info() -> dict:
     return dict(cpu=cpu_name(), torch_cpu_capability=torch.backends.cpu.get_cpu_capability(),
                 onednn_max_cpu_isa=os.environ.get("ONEDNN_MAX_CPU_ISA", "unset (native)"),
                 aten_cpu_capability=os.environ.get("ATEN_CPU_CAPABILITY", "unset (native)"),
+                mkl_enable_instructions=os.environ.get("MKL_ENABLE_INSTRUCTIONS", "unset (native)"),
                 threads=torch.get_num_threads())
