@@ -57,6 +57,14 @@ def test_candidate_row_figures():
     assert row["macs"] == search.macs_per_image(search.final_net("slim"))
 
 
+def test_a_study_timed_on_two_cpus_shows_each_cpus_time():
+    amd = [{**_run("seed0", 0, 99.5, True), "cpu": {"cpu": "AMD EPYC"}}, _run("seed1", 1, 99.5, True)]
+    intel = [{**_run(f"seed{s}", s, 99.5, True), "cpu": {"cpu": "Intel(R) Xeon(R) Processor"}} for s in (2, 4)]
+    assert search.seconds_text(amd) == "10.5"  # the reference CPU, recorded or not, is not named
+    assert search.seconds_text(amd + intel) == "10.5 (AMD EPYC), 13.0 (Intel Xeon)"
+    assert search.candidate_row(intel, FINAL, {})["seconds"] == "13.0 (Intel Xeon)"
+
+
 def test_search_table_reads_the_study_files(tmp_path):
     save_json(tmp_path / "05_final.json", dict(config=FINAL))
     save_json(tmp_path / "search_1_a.json", dict(runs=[_run("arch=slim_seed0", 0, 99.30, False, arch="slim",

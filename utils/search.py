@@ -67,6 +67,27 @@ def candidates(summary: dict) -> dict[str, list[dict]]:
     return groups
 
 
+# The CPU that timed rounds 1-5 until another joined: the table names any other CPU beside its time.
+REFERENCE_CPU = "AMD EPYC"
+
+
+def cpu_label(run: dict) -> str:
+    """A run's CPU in a few words ("Intel(R) Xeon(R) Processor" reads "Intel Xeon"); runs recorded
+    before the CPU was (``"cpu"`` missing) ran on the reference CPU."""
+    name = (run.get("cpu") or {}).get("cpu", REFERENCE_CPU)
+    return re.sub(r"\s+", " ", re.sub(r"\((R|TM)\)|\bProcessor\b|\bCPU\b.*$", "", name)).strip()
+
+
+def seconds_text(runs: list[dict]) -> str:
+    """Median seconds an epoch, one figure per CPU: machines differ by more than the nets do."""
+    by_cpu: dict[str, list[float]] = {}
+    for run in runs:
+        by_cpu.setdefault(cpu_label(run), []).append(run["seconds_per_epoch"])
+    if set(by_cpu) == {REFERENCE_CPU}:
+        return f"{statistics.median(by_cpu[REFERENCE_CPU]):.1f}"
+    return ", ".join(f"{statistics.median(t):.1f} ({cpu})" for cpu, t in sorted(by_cpu.items()))
+
+
 def candidate_row(runs: list[dict], reference: dict, macs_cache: dict) -> dict:
     config = runs[0]["config"]
     arch = config.get("arch", "?")
@@ -76,6 +97,7 @@ def candidate_row(runs: list[dict], reference: dict, macs_cache: dict) -> dict:
     return dict(mins=mins, arch=arch, layout=config.get("layout", arch), params=runs[0]["params"],
                 macs=macs_cache[arch],
                 seconds_per_epoch=statistics.median(r["seconds_per_epoch"] for r in runs),
+                seconds=seconds_text(runs),
                 recipe=recipe_differences(config, reference),
                 seeds=sorted(r["config"]["seed"] for r in runs),
                 holding=sum(r["holds_bar"] for r in runs), runs=len(runs), last_min=mean_std_text(mins),
@@ -124,7 +146,7 @@ def search_table(results_dir: Path) -> str:
         for runs in candidates(load_results(path)).values():
             r = candidate_row(runs, SEARCH_BASE, cache)
             rows.append(f"| `{path.name}` | {r['arch']} | `{r['layout']}` | {r['params']:,} "
-                        f"| {r['macs']:,} | {r['seconds_per_epoch']:.1f} | {r['recipe']} | {_seeds(r['seeds'])} "
+                        f"| {r['macs']:,} | {r['seconds']} | {r['recipe']} | {_seeds(r['seeds'])} "
                         f"| {r['holding']}/{r['runs']} | {r['last_min']} | {_margin(r['mins'])} | {r['worst']:.2f} |")
     return "\n".join(rows) if len(rows) > 2 else "_No search study saved yet._"
 
