@@ -80,6 +80,13 @@ def _nothing_written(tmp_path):
     (dict(bn_recompute=0), "bn_recompute must be None or an integer between 1 and 60000"),
     (dict(bn_recompute=2.5), "bn_recompute must be None or an integer"),
     (dict(bn_recompute=1000, ema_decay=None), "bn_recompute needs ema_decay"),
+    (dict(distill_weight=0), r"distill_weight must be in \(0, 1\]"),
+    (dict(distill_weight=1.01), r"distill_weight must be in \(0, 1\]"),
+    (dict(distill_weight="0.5"), "distill_weight must be a finite number or None"),
+    (dict(distill_weight=0.5, ema_decay=None), "distill_weight needs ema_decay"),
+    (dict(distill_from=0), "distill_from must be an integer between 1 and 15"),
+    (dict(distill_from=None), "distill_from must be an integer"),
+    (dict(epochs=10, distill_weight=0.5, distill_from=11), "distill_from must be an epoch between 1 and 10"),
 ])
 def test_a_bad_setting_fails_before_any_file(changes, message, tmp_path, monkeypatch):
     monkeypatch.delenv("MNIST_SMOKE", raising=False)

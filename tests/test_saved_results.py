@@ -258,3 +258,17 @@ def test_the_literal_recipe_forgives_only_settings_added_since_at_their_absent_v
     assert literal_recipe({"lr": 0.1, "seed": 3, "ema_ramp": 10.0}, older) == {"lr": 0.1}
     assert literal_recipe({"lr": 0.1, "ema_ramp": 5.0}, older) == {"lr": 0.1, "ema_ramp": 5.0}
     assert literal_recipe({"lr": 0.1, "ema_ramp": 10.0}) == {"lr": 0.1, "ema_ramp": 10.0}
+
+
+def test_an_intel_run_under_the_ceiling_repeats_an_amd_run():
+    """Study 57's seed 5, made on an AMD EPYC, run again on an Intel Xeon with AVX-512 by code whose ceiling
+    caps MKL too: the same 15 epochs to the last digit, in both readings of the average. (Without the MKL
+    cap the Xeon's first epoch already differed: ``tests/test_repro.py``.)"""
+    first = load_results(RESULTS / "parts" / "search_57_seed_5.json")["runs"][0]
+    rerun = load_results(RESULTS / "repro_check_3782_seed5_on_intel.json")["runs"][0]
+    assert first["cpu"]["cpu"].startswith("AMD") and rerun["cpu"]["cpu"].startswith("Intel")
+    assert rerun["cpu"]["mkl_enable_instructions"] == "AVX2" and rerun["cpu"]["threads"] == first["cpu"]["threads"]
+    assert literal_recipe(rerun["config"]) == literal_recipe(first["config"])
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "averaged_bn"):
+        assert rerun[key] == first[key], key
+    assert len(rerun["test_acc"]) == 15

@@ -375,3 +375,81 @@ def test_measured_bn_statistics_are_tested_without_changing_the_run(small_mnist)
             progress=False, log=None)
     with pytest.raises(ValueError, match="clean_subset takes 1 to 512 images"):
         train.clean_subset(1000)
+
+
+def test_a_distilled_step_descends_the_mixed_loss_and_leaves_the_teacher_alone(small_mnist):
+    """Self-distillation: the step is minus lr times the gradient of (1 - w) x the labels' loss plus
+    w x the cross-entropy against the teacher's probabilities, computed here by hand; the teacher's
+    weights and batch-norm buffers keep every bit."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from utils.train import train_epoch
+
+    x, y, _, _ = small_mnist
+    batch = next(iter(DeviceLoader(x[:32], y[:32], batch_size=32, shuffle=False)))
+    seed_everything(0)
+    start, teacher = final_net(), final_net()
+    teacher.train()  # as a fresh average is: the step must put it in eval mode itself
+    before = [t.clone() for t in (*teacher.parameters(), *teacher.buffers())]
+    w, lr = 0.3, 0.5
+
+    by_hand = copy.deepcopy(start)
+    with torch.no_grad():
+        soft = copy.deepcopy(teacher).eval()(batch[0]).exp()
+    out = by_hand(batch[0])
+    ((1 - w) * F.nll_loss(out, batch[1]) - w * (soft * out).sum(1).mean()).backward()
+    expected = [p.detach() - lr * p.grad for p in by_hand.parameters()]
+
+    model = copy.deepcopy(start)
+    train_epoch(model, [batch], torch.optim.SGD(model.parameters(), lr=lr), progress=False,
+                teacher=teacher, distill_weight=w)
+    for want, got in zip(expected, model.parameters()):
+        torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-6)
+    plain = copy.deepcopy(start)
+    train_epoch(plain, [batch], torch.optim.SGD(plain.parameters(), lr=lr), progress=False)
+    assert any(not torch.equal(a, b) for a, b in zip(plain.parameters(), model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, (*teacher.parameters(), *teacher.buffers())))
+    with pytest.raises(ValueError, match="teacher and distill_weight together"):
+        train_epoch(model, [batch], torch.optim.SGD(model.parameters(), lr=lr), progress=False, teacher=teacher)
+
+
+def _distilled_run(small_mnist, **distill):
+    x, y, xt, yt = small_mnist
+    seed_everything(0)
+    model = final_net()
+    train = DeviceLoader(x, y, batch_size=32, seed=0, rotate=5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    return fit(model, train, DeviceLoader(xt, yt, batch_size=128, shuffle=False), opt, 2, progress=False,
+               log=None, ema_decay=0.999, **distill)
+
+
+def test_self_distillation_changes_the_run_only_from_its_first_epoch(small_mnist):
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]
+    plain = strip(_distilled_run(small_mnist))
+    late = strip(_distilled_run(small_mnist, distill_weight=0.5, distill_from=2))
+    early = strip(_distilled_run(small_mnist, distill_weight=0.5, distill_from=1))
+    assert late[0] == plain[0] and late[1] != plain[1]  # epoch 1 to the last bit, then a new draw
+    assert early[0] != plain[0]
+
+
+@pytest.mark.parametrize("distill, message", [
+    (dict(distill_weight=0), r"distill_weight must be None or a number in \(0, 1\]"),
+    (dict(distill_weight=1.5), r"distill_weight must be None or a number in \(0, 1\]"),
+    (dict(distill_weight="0.5"), "distill_weight must be None or a number"),
+    (dict(distill_weight=float("nan")), "distill_weight must be None or a number"),
+    (dict(distill_weight=0.5, ema_decay=None), "distill_weight needs ema_decay"),
+    (dict(distill_weight=0.5, distill_from=0), "distill_from must be an epoch >= 1"),
+    (dict(distill_weight=0.5, distill_from=2.0), "distill_from must be an epoch >= 1"),
+])
+def test_fit_refuses_a_bad_distillation_before_training(small_mnist, distill, message):
+    x, y, xt, yt = small_mnist
+    model = final_net()
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    settings = {"ema_decay": 0.999, **distill}
+    with pytest.raises(ValueError, match=message):
+        fit(model, DeviceLoader(x, y, batch_size=64), DeviceLoader(xt, yt, batch_size=128), opt, 1,
+            progress=False, log=None, **settings)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

@@ -179,6 +179,15 @@ SETTINGS: dict[str, Setting] = {
                        "uphill (rho over the gradient's norm), which favours minima that stay low around them, at "
                        "two forward and backward passes a step; None: the plain gradient (the final)",
                        number(0, 10, low_open=True, optional=True), label="SAM rho {}", off="plain gradient"),
+    "distill_weight": Setting(None, "self-distillation: each step also learns the run's own average's predicted "
+                              "probabilities for its batch, with this weight beside the labels' (1 - it): no "
+                              "parameter, no outside model, one more forward pass a step; it aims at the tail's gap "
+                              "between training and test accuracy; None: the labels alone (the final)",
+                              number(0, 1, low_open=True, high_open=False, optional=True),
+                              label="self-distillation {}", off="labels only"),
+    "distill_from": Setting(1, "the first epoch that learns from the average (1: all; the epochs before it are "
+                            "exactly the run without self-distillation)", integer(1, MAX_EPOCHS),
+                            label="distilled from epoch {}", absent=1, applies_with="distill_weight"),
     "ema_decay": Setting(0.9998, "the tested weights are an average, updated every step with decay "
                          "min(this, (1+n)/(10+n)): at batch 32 the warm-up ramp never reaches 0.9998 in 15 epochs, so "
                          "the average spans the last ~11 % of the steps, growing with the run; it gave a lower test "
@@ -242,6 +251,13 @@ class Recipe:
         for extra in ("extra_ema_decays", "extra_ema_ramps"):
             if values.get(extra) and values.get("ema_decay", SETTINGS["ema_decay"].default) is None:
                 raise ValueError(f"{extra} needs ema_decay: the run's own average is the one kept")
+        if values.get("distill_weight") is not None:
+            if values.get("ema_decay", SETTINGS["ema_decay"].default) is None:
+                raise ValueError("distill_weight needs ema_decay: the run's own average is the teacher")
+            first = values.get("distill_from", SETTINGS["distill_from"].default)
+            if epochs is not None and first > epochs:
+                raise ValueError(f"distill_from must be an epoch between 1 and {epochs} (the run's epochs), "
+                                 f"got {first!r}")
         if values.get("bn_recompute") is not None:
             if values.get("ema_decay", SETTINGS["ema_decay"].default) is None:
                 raise ValueError("bn_recompute needs ema_decay: it measures the average's batch-norm statistics")
@@ -327,12 +343,12 @@ def augmentation(recipe: Recipe) -> dict:
 
 
 FIT_SETTINGS = ("ema_decay", "ema_ramp", "extra_ema_decays", "extra_ema_ramps", "label_smoothing", "grad_clip",
-                "sam_rho", "memory_format", "bn_recompute")
+                "sam_rho", "memory_format", "bn_recompute", "distill_weight", "distill_from")
 
 
 def fit_settings(recipe: Recipe) -> dict:
     """``utils.fit``'s keyword arguments that come from the recipe (averaging, label smoothing, clipping,
-    SAM, memory format, the average's batch-norm statistics)."""
+    SAM, memory format, the average's batch-norm statistics, self-distillation)."""
     return {name: getattr(recipe, name) for name in FIT_SETTINGS if name in recipe}
 
 

@@ -141,7 +141,8 @@ def sharpness_aware_gradient(model, loss_of_output, x, rho: float) -> None:
 
 
 def train_epoch(model, loader, optimizer, scheduler=None, progress=True, desc="train", ema=None,
-                label_smoothing=0.0, grad_clip=None, memory_format=torch.contiguous_format, sam_rho=None):
+                label_smoothing=0.0, grad_clip=None, memory_format=torch.contiguous_format, sam_rho=None,
+                teacher=None, distill_weight=None):
     """One pass over ``loader``; steps a per-batch scheduler and the EMA copy (or a list of them) if given.
 
     ``label_smoothing`` > 0 trains against targets that give that much mass to the other classes
@@ -150,17 +151,32 @@ def train_epoch(model, loader, optimizer, scheduler=None, progress=True, desc="t
     ``memory_format``: the layout each batch is put in before the model sees it (a no-op when it has it).
     ``sam_rho``: step with the gradient at a point this far uphill (``sharpness_aware_gradient``; two
     forward and backward passes a step), None: the plain gradient.
+    ``teacher`` and ``distill_weight`` (w): each batch's loss is (1 - w) times the loss on the labels plus w
+    times the cross-entropy against the teacher's predicted probabilities for the same batch (Hinton et
+    al.'s distillation at temperature 1). The teacher runs in eval mode without gradients: it draws no
+    random number and changes no buffer, so what it is (the run's own average, in ``fit``) is untouched.
 
-    Returns (loss, accuracy %) of the live model on the (augmented) training batches.
+    Returns (loss, accuracy %) of the live model on the (augmented) training batches, the loss as optimized.
     """
+    if (teacher is None) != (distill_weight is None):
+        raise ValueError("train_epoch needs teacher and distill_weight together")
+    if teacher is not None:
+        teacher.eval()
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
     bar = tqdm(loader, desc=desc, leave=False, disable=not progress)
     for x, y in bar:
         x = x.contiguous(memory_format=memory_format)
         optimizer.zero_grad(set_to_none=True)
+        if teacher is not None:
+            with torch.no_grad():
+                soft_targets = teacher(x).exp()  # the models return log-probabilities
+
         def loss_of(out):
-            return F.cross_entropy(out, y, label_smoothing=label_smoothing) if label_smoothing else F.nll_loss(out, y)
+            loss = F.cross_entropy(out, y, label_smoothing=label_smoothing) if label_smoothing else F.nll_loss(out, y)
+            if teacher is None:
+                return loss
+            return (1 - distill_weight) * loss - distill_weight * (soft_targets * out).sum(1).mean()
 
         out = model(x)
         loss = loss_of(out)
@@ -321,7 +337,8 @@ def with_measured_bn(module, batches, memory_format=torch.contiguous_format):
 
 def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None, ema_decay=None,
         label_smoothing=0.0, progress=True, log=print, extra_ema_decays=(), grad_clip=None,
-        memory_format="contiguous", bn_recompute=None, ema_ramp=EMA_RAMP, extra_ema_ramps=(), sam_rho=None):
+        memory_format="contiguous", bn_recompute=None, ema_ramp=EMA_RAMP, extra_ema_ramps=(), sam_rho=None,
+        distill_weight=None, distill_from=1):
     """Train for ``epochs`` epochs; return the history, one dict per epoch.
 
     ``scheduler``: OneCycleLR and CyclicLR step every batch, others every epoch (ReduceLROnPlateau
@@ -344,6 +361,9 @@ def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None, ema
     holds it); the average as kept, with its averaged statistics, is tested beside it
     (``row["averaged_bn"]``). Training and the average itself are untouched, so the two arms compare on
     one trajectory. The extra averages are then tested with measured statistics too, like the run's own.
+    ``distill_weight`` (w in (0, 1]; needs ``ema_decay``): self-distillation. From epoch ``distill_from`` on,
+    every step also learns the run's own average's predictions for its batch (``train_epoch``'s teacher),
+    with weight w. The epochs before it are exactly the run without it.
     """
     layout = memory_format_of(memory_format)
     scheduler_per_batch = isinstance(scheduler, PER_BATCH_SCHEDULERS)
@@ -359,6 +379,14 @@ def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None, ema
     if sam_rho is not None and (isinstance(sam_rho, bool) or not isinstance(sam_rho, (int, float))
                                 or not 0 < sam_rho < math.inf):
         raise ValueError(f"sam_rho must be None or a finite number above 0, got {sam_rho!r}")
+    if distill_weight is not None:
+        if isinstance(distill_weight, bool) or not isinstance(distill_weight, (int, float)) \
+                or not 0 < distill_weight <= 1:
+            raise ValueError(f"distill_weight must be None or a number in (0, 1], got {distill_weight!r}")
+        if ema_decay is None:
+            raise ValueError("distill_weight needs ema_decay: the run's own average is the teacher")
+    if isinstance(distill_from, bool) or not isinstance(distill_from, int) or distill_from < 1:
+        raise ValueError(f"distill_from must be an epoch >= 1, got {distill_from!r}")
     bn_batches = None
     if bn_recompute is not None:
         if ema_decay is None:
@@ -377,13 +405,16 @@ def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None, ema
         if set_epoch is not None:
             set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
+        distilling = distill_weight is not None and epoch >= distill_from
         start = time.perf_counter()
         train_loss, train_acc = train_epoch(model, train_loader, optimizer,
                                             scheduler if scheduler_per_batch else None,
                                             progress=progress, desc=f"epoch {epoch}",
                                             ema=[ema, *extras.values()] if extras else ema,
                                             label_smoothing=label_smoothing, grad_clip=grad_clip,
-                                            memory_format=layout, sam_rho=sam_rho)
+                                            memory_format=layout, sam_rho=sam_rho,
+                                            teacher=ema.module if distilling else None,
+                                            distill_weight=distill_weight if distilling else None)
         tested = ema.module if ema is not None else model
         if bn_batches is not None:
             kept_loss, kept_acc = evaluate(tested, test_loader, layout)
