@@ -79,14 +79,15 @@ def _nothing_written(tmp_path):
     (dict(memory_format=None), "memory_format must be one of"),
     (dict(bn_recompute=0), "bn_recompute must be None or an integer between 1 and 60000"),
     (dict(bn_recompute=2.5), "bn_recompute must be None or an integer"),
-    (dict(bn_recompute=1000, ema_decay=None), "bn_recompute needs ema_decay"),
+    (dict(bn_recompute=1000, ema_decay=None, distill_weight=None), "bn_recompute needs ema_decay"),
     (dict(distill_weight=0), r"distill_weight must be in \(0, 1\]"),
     (dict(distill_weight=1.01), r"distill_weight must be in \(0, 1\]"),
     (dict(distill_weight="0.5"), "distill_weight must be a finite number or None"),
     (dict(distill_weight=0.5, ema_decay=None), "distill_weight needs ema_decay"),
     (dict(distill_from=0), "distill_from must be an integer between 1 and 15"),
     (dict(distill_from=None), "distill_from must be an integer"),
-    (dict(epochs=10, distill_weight=0.5, distill_from=11), "distill_from must be an epoch between 1 and 10"),
+    (dict(epochs=10, anneal_from=None, distill_weight=0.5, distill_from=11),
+     "distill_from must be an epoch between 1 and 10"),
 ])
 def test_a_bad_setting_fails_before_any_file(changes, message, tmp_path, monkeypatch):
     monkeypatch.delenv("MNIST_SMOKE", raising=False)
@@ -181,7 +182,9 @@ def test_the_saved_config_records_every_setting_and_no_absolute_path(small_mnist
     assert config["results_dir"] == "runs/test_recipe_config" and config["data_dir"] == "data"
     assert not any(isinstance(v, str) and v.startswith("/") for v in config.values())
     assert config["optimizer"] == "SGD(momentum=0.9, nesterov)"
-    assert config["scheduler"] == f"OneCycleLR(max_lr={rec.lr}, pct_start={rec.pct_start})"
+    assert config["scheduler"] == (f"OneCycleLR(max_lr={rec.lr}, pct_start={rec.pct_start}) then a cosine to "
+                                   f"{rec.lr_floor} x the peak over steps {(rec.anneal_from - 1) * 10}-"
+                                   f"{(rec.anneal_from - 1 + rec.anneal_epochs) * 10 - 1}")
     assert config["model"] == "final_net" and config["layout"] == model.layout
 
 

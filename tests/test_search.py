@@ -3,7 +3,7 @@
 import pytest
 
 from utils import search
-from utils.results import save_json
+from utils.results import load_results as load, save_json
 
 FINAL = dict(arch="twopool", layout="c8 c8 M c12 c12 M c16p", dropout=0.0, dropout_kind="element", rotate=7.0,
              translate=0.05, scale=0.05, ema_decay=0.999, label_smoothing=0.0, weight_decay=0.0, lr=0.1,
@@ -174,6 +174,12 @@ def test_speed_line_reads_the_benchmark(tmp_path):
     assert ("**4.5 minutes** with one thread on the adopted path (the recipe's channels_last, 1 average), "
             "against 8.0 on the recorded one (contiguous, 2 averages" in line)
     assert "**1.62×** the recorded one" in line
+    assert line.startswith("The final's 15-epoch training")
+    save_json(path, {**load(path), "params": 4976})
+    save_json(tmp_path / "05_final.json", dict(params=4976))
+    assert report.speed_line(path).startswith("The final's 15-epoch training")
+    save_json(tmp_path / "05_final.json", dict(params=4482))  # a new final, not yet benchmarked
+    assert report.speed_line(path).startswith("The earlier final's (4,976 parameters; not yet benchmarked")
 
 
 def test_ablation_table_asks_for_a_fresh_seed_study_when_runs_lack_configs(tmp_path):

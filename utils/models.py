@@ -357,7 +357,7 @@ ARCHS = {
     # ...and at 26 channels, under the 3,500 stretch.
     "separable_stem_c6_pad2_silu_blurpool_w26": "shiftbn silu c6 d8 Mb d24p d26p d26 d26",  # 3,456
 }
-FINAL_ARCH = "separable_shiftbn_pad"
+FINAL_ARCH = "separable_stem_c6_pad2_silu_blurpool"
 
 
 @named
