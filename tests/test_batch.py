@@ -400,7 +400,7 @@ def test_every_batch_command_of_the_makefile_passes_the_runners_checks():
     """`make seeds`, `make heldout` and `make ablation` fail only after hours if a parameter is wrong:
     the runner's own checks, run here on each command's seeds and grid, catch it at once."""
     commands = _makefile_batches()
-    assert len(commands) >= 5
+    assert len(commands) >= 4  # seeds, heldout and the ablation rows
     for args in commands:
         seeds, grid, i = [], [], 0
         while i < len(args):

@@ -72,9 +72,9 @@ def test_bad_recipe_values_are_refused_before_any_run(values, message):
 
 def test_final_training_builds_the_fast_anneal_only_when_asked():
     model = torch.nn.Linear(2, 1)
-    _, plain = final_training(model, Recipe.final(), steps_per_epoch=STEPS_PER_EPOCH)
+    _, plain = final_training(model, Recipe.final(anneal_from=None), steps_per_epoch=STEPS_PER_EPOCH)
     assert type(plain) is torch.optim.lr_scheduler.OneCycleLR
-    recipe = Recipe.final(anneal_from=10, anneal_epochs=2, lr_floor=0.01)
+    recipe = Recipe.final(lr=0.1, anneal_from=10, anneal_epochs=2, lr_floor=0.01)
     optimizer, fast = final_training(model, recipe, steps_per_epoch=STEPS_PER_EPOCH)
     assert isinstance(fast, FastAnnealOneCycleLR)
     assert (fast.anneal_start, fast.anneal_steps, fast.floor) == (90, 20, 0.01)  # epoch 10's first step
@@ -83,7 +83,7 @@ def test_final_training_builds_the_fast_anneal_only_when_asked():
 
 
 def test_the_search_table_names_the_anneal_only_where_there_is_one():
-    base = Recipe.final().config
+    base = Recipe.final(anneal_from=None).config
     assert search.recipe_differences({**base, "anneal_epochs": 1}, base) == "same"
     assert search.recipe_differences({**base, "anneal_from": 10}, base) == "fast anneal from epoch 10"
     assert search.recipe_differences({**base, "anneal_from": 10, "anneal_epochs": 1, "lr_floor": 0.02}, base) == \
