@@ -84,7 +84,8 @@ FINAL_PATHS = (
     TrainingPath("flat averages", "each average one flat tensor, updated in a few elementwise ops",
                  average_update="flat", **RECORDED_FINAL),
     TrainingPath("one average", "the extra average (0.9995) neither updated nor tested", averages=(0.9998,), tested=1),
-    TrainingPath("fused SGD", "SGD's step in one fused kernel", sgd="fused", **RECORDED_FINAL),
+    TrainingPath("fused SGD", "SGD's step in one fused kernel", sgd="fused", same_bits=False,  # on the 4,482 net
+                 **RECORDED_FINAL),
     TrainingPath("augmentation in chunks", "64 batches warped per grid_sample call, drawn per batch in the same order",
          augment_chunk=64, **RECORDED_FINAL),
     TrainingPath("channels-last", "model and batches channels-last", memory_format="channels_last", same_bits=False,
