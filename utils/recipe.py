@@ -222,6 +222,13 @@ SETTINGS: dict[str, Setting] = {
 }
 
 
+# The settings that work on the run's own weight average, and what each does with it.
+NEEDS_AVERAGE = {"extra_ema_decays": "the run's own average is the one kept",
+                 "extra_ema_ramps": "the run's own average is the one kept",
+                 "distill_weight": "the run's own average is the teacher",
+                 "bn_recompute": "it measures the average's batch-norm statistics"}
+
+
 def _model(arch, dropout, dropout_kind):
     from .models import final_net
 
@@ -251,19 +258,15 @@ class Recipe:
             if last > epochs:
                 raise ValueError(f"anneal_from + anneal_epochs - 1 must be at most the run's {epochs} epochs: the fast "
                                  f"anneal would end in epoch {last}")
-        for extra in ("extra_ema_decays", "extra_ema_ramps"):
-            if values.get(extra) and values.get("ema_decay", SETTINGS["ema_decay"].default) is None:
-                raise ValueError(f"{extra} needs ema_decay: the run's own average is the one kept")
+        if values.get("ema_decay", SETTINGS["ema_decay"].default) is None:
+            for name, why in NEEDS_AVERAGE.items():
+                if values.get(name) not in (None, [], ()):
+                    raise ValueError(f"{name} needs ema_decay: {why}")
         if values.get("distill_weight") is not None:
-            if values.get("ema_decay", SETTINGS["ema_decay"].default) is None:
-                raise ValueError("distill_weight needs ema_decay: the run's own average is the teacher")
             first = values.get("distill_from", SETTINGS["distill_from"].default)
             if epochs is not None and first > epochs:
                 raise ValueError(f"distill_from must be an epoch between 1 and {epochs} (the run's epochs), "
                                  f"got {first!r}")
-        if values.get("bn_recompute") is not None:
-            if values.get("ema_decay", SETTINGS["ema_decay"].default) is None:
-                raise ValueError("bn_recompute needs ema_decay: it measures the average's batch-norm statistics")
         if "arch" in values:  # the model builds with these settings, or says why not
             _model(values["arch"], values.get("dropout"), values.get("dropout_kind", "element"))
         self._values = dict(values)
