@@ -5,7 +5,7 @@ and MKL pick AVX-512 code on CPUs that have it and AVX2 code on those that do no
 differently. The runners (main job, batch, benchmark) therefore cap all three at AVX2, which every
 x86-64 CPU of the last decade has, so that any such machine can reproduce a committed history
 exactly. MKL counts too: it computes the augmentation's sampling grids (``affine_grid``), and an
-Intel CPU with AVX-512 left uncapped there parts from an AMD CPU's history within the first epoch
+Intel CPU with AVX-512 left uncapped there computes other grids than an AMD CPU, so other histories
 (docs/repeatability.md). What the cap costs in speed is measured by ``make bench``
 (``results/bench.json``, "isa").
 
