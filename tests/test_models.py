@@ -21,7 +21,9 @@ ARCH_PARAMS = {"slim": 4808, "twopool": 4808, "twopool_small": 4444, "twopool_wi
                "separable_stem_c6_pad2_late_pool": 4482, "separable_stem_c6_pad2_dwact": 4482,
                "separable_stem_c6_pad2_silu_g2w40": 3994, "separable_stem_c6_pad2_silu_residual": 4482,
                "separable_stem_c6_pad2_silu_twopool": 4482, "separable_stem_c6_pad2_silu_blurpool": 4482,
-               "separable_stem_c6_pad2_silu_blurpool_w28": 3782, "separable_stem_c6_pad2_silu_blurpool_w26": 3456}
+               "separable_stem_c6_pad2_silu_blurpool_w28": 3782, "separable_stem_c6_pad2_silu_blurpool_w26": 3456,
+               "separable_stem_c6_pad2_silu_blurpool_mid24": 3954,
+               "separable_stem_c6_pad2_silu_blurpool_last_g2": 3970}
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

@@ -356,6 +356,12 @@ ARCHS = {
     "separable_stem_c6_pad2_silu_blurpool_w28": "shiftbn silu c6 d8 Mb d24p d28p d28 d28",  # 3,782
     # ...and at 26 channels, under the 3,500 stretch.
     "separable_stem_c6_pad2_silu_blurpool_w26": "shiftbn silu c6 d8 Mb d24p d26p d26 d26",  # 3,456
+    # Under 4,000 keeping the last two blocks at 32 (narrowing them gave back the blurred pool's lift):
+    # the first padded 12x12 block stays at 24 channels, so the first 32-channel block mixes 24, not 32.
+    "separable_stem_c6_pad2_silu_blurpool_mid24": "shiftbn silu c6 d8 Mb d24p d24p d32 d32",  # 3,954
+    # ...or every width kept and only the last block's 1x1 in two groups (shuffled before the head, which
+    # mixes all 32 again): half of one 1,024-weight conv, where grouping all of them cost a screen.
+    "separable_stem_c6_pad2_silu_blurpool_last_g2": "shiftbn silu c6 d8 Mb d24p d32p d32 d32g2",  # 3,970
 }
 FINAL_ARCH = "separable_stem_c6_pad2_silu_blurpool"
 
