@@ -23,7 +23,8 @@ ARCH_PARAMS = {"slim": 4808, "twopool": 4808, "twopool_small": 4444, "twopool_wi
                "separable_stem_c6_pad2_silu_twopool": 4482, "separable_stem_c6_pad2_silu_blurpool": 4482,
                "separable_stem_c6_pad2_silu_blurpool_w28": 3782, "separable_stem_c6_pad2_silu_blurpool_w26": 3456,
                "separable_stem_c6_pad2_silu_blurpool_mid24": 3954,
-               "separable_stem_c6_pad2_silu_blurpool_last_g2": 3970}
+               "separable_stem_c6_pad2_silu_blurpool_last_g2": 3970,
+               "separable_stem_c8_pad2_silu_blurpool_wide_stem": 3992}
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

@@ -362,6 +362,10 @@ ARCHS = {
     # ...or every width kept and only the last block's 1x1 in two groups (shuffled before the head, which
     # mixes all 32 again): half of one 1,024-weight conv, where grouping all of them cost a screen.
     "separable_stem_c6_pad2_silu_blurpool_last_g2": "shiftbn silu c6 d8 Mb d24p d32p d32 d32g2",  # 3,970
+    # Every cut to the 1x1s so far cost level. A weight at full resolution is used 576-676 times an image, one
+    # after the pool 64-144 times: a wider stem (8 and 12 channels, +90 parameters) paid for by the two 12x12
+    # blocks (20 and 24 channels), the last two kept at 32.
+    "separable_stem_c8_pad2_silu_blurpool_wide_stem": "shiftbn silu c8 d12 Mb d20p d24p d32 d32",  # 3,992
 }
 FINAL_ARCH = "separable_stem_c6_pad2_silu_blurpool"
 
