@@ -264,8 +264,10 @@ def test_kernels_get_the_isa_ceiling_and_results_record_it(tmp_path, monkeypatch
     assert info["threads"] == 1
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_ctrl_c_stops_every_run_and_keeps_the_finished_ones(tiny_notebook, tmp_path, signum):
+@pytest.mark.parametrize("signum, signals", [(signal.SIGINT, 1), (signal.SIGTERM, 1), (signal.SIGTERM, 2)])
+def test_ctrl_c_stops_every_run_and_keeps_the_finished_ones(tiny_notebook, tmp_path, signum, signals):
+    """One signal, or a second one while the first is being handled (``kill`` twice, Ctrl-C pressed twice):
+    the same clean stop, never a runner left hanging on its worker."""
     out = tmp_path / "runs"
     env = {**os.environ, "PYTHONPATH": str(batch.REPO)}
     runner = subprocess.Popen([sys.executable, "-m", "utils.batch", str(tiny_notebook), "--seeds", "0", "1",
@@ -284,7 +286,8 @@ def test_ctrl_c_stops_every_run_and_keeps_the_finished_ones(tiny_notebook, tmp_p
         time.sleep(0.5)
     kernels = [p for p in psutil.Process(runner.pid).children(recursive=True) if "ipykernel" in " ".join(p.cmdline())]
     assert kernels, "the sleeping run's kernel should be alive before Ctrl-C"
-    runner.send_signal(signum)
+    for _ in range(signals):  # back to back: the second comes while the first is being handled
+        runner.send_signal(signum)
     output = runner.communicate(timeout=60)[0]
     assert "interrupted: stopped 1 unfinished run(s) (seed1" in output
     _, alive = psutil.wait_procs(kernels, timeout=10)

@@ -325,6 +325,10 @@ def run_batch(notebook, seeds, grid=(), jobs=None, out_dir=REPO / "runs", summar
 
 
 def _interrupt(signum, frame):
+    # Stopping takes a moment (kernels ended, the summary saved): a second signal (`kill` twice, Ctrl-C
+    # pressed twice) must not cut it short and leave a worker, a kernel and the runner waiting on them.
+    for other in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(other, signal.SIG_IGN)
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
