@@ -366,8 +366,13 @@ ARCHS = {
     # after the pool 64-144 times: a wider stem (8 and 12 channels, +90 parameters) paid for by the two 12x12
     # blocks (20 and 24 channels), the last two kept at 32.
     "separable_stem_c8_pad2_silu_blurpool_wide_stem": "shiftbn silu c8 d12 Mb d20p d24p d32 d32",  # 3,992
+    # The wider stem's ablation: the same net with the 4,482 final's stem (6 and 8 channels), nothing else
+    # changed; what the 206 parameters at full resolution buy.
+    "separable_stem_c6_pad2_silu_blurpool_mid20": "shiftbn silu c6 d8 Mb d20p d24p d32 d32",  # 3,786
+    # ...and with a plain max-pool: the anti-aliased pool's ablation on this net.
+    "separable_stem_c8_pad2_silu_wide_stem": "shiftbn silu c8 d12 M d20p d24p d32 d32",  # 3,992
 }
-FINAL_ARCH = "separable_stem_c6_pad2_silu_blurpool"
+FINAL_ARCH = "separable_stem_c8_pad2_silu_blurpool_wide_stem"
 
 
 @named

@@ -72,8 +72,8 @@ AVERAGE_UPDATES = {
 }
 # How SGD's step is computed, as torch.optim.SGD's arguments: torch's default (a loop over the tensors on
 # a CPU, foreach calls on CUDA), or every tensor in foreach calls or one fused kernel. The same
-# arithmetic: on a CPU each gives the 4,976 net's recorded weights to the last bit; on the 4,482 final
-# the fused step does not (tests/test_bench.py), so a benchmark of that net must mark it other bits.
+# arithmetic: on a CPU each gives the 4,976 net's recorded weights to the last bit; on round 5's finals
+# (4,482 and 3,992) the fused step does not (tests/test_bench.py), so their benchmark marks it other bits.
 SGD_IMPLEMENTATIONS = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 RECORDED_FINAL = dict(averages=(0.9998, 0.9995), tested=2)
 # The final (05_final): round 4's runs tested its own average and round 3's shorter one every epoch.
@@ -84,7 +84,7 @@ FINAL_PATHS = (
     TrainingPath("flat averages", "each average one flat tensor, updated in a few elementwise ops",
                  average_update="flat", **RECORDED_FINAL),
     TrainingPath("one average", "the extra average (0.9995) neither updated nor tested", averages=(0.9998,), tested=1),
-    TrainingPath("fused SGD", "SGD's step in one fused kernel", sgd="fused", same_bits=False,  # on the 4,482 net
+    TrainingPath("fused SGD", "SGD's step in one fused kernel", sgd="fused", same_bits=False,  # on round 5's nets
                  **RECORDED_FINAL),
     TrainingPath("augmentation in chunks", "64 batches warped per grid_sample call, drawn per batch in the same order",
          augment_chunk=64, **RECORDED_FINAL),
