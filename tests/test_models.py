@@ -25,7 +25,8 @@ ARCH_PARAMS = {"slim": 4808, "twopool": 4808, "twopool_small": 4444, "twopool_wi
                "separable_stem_c6_pad2_silu_blurpool_mid24": 3954,
                "separable_stem_c6_pad2_silu_blurpool_last_g2": 3970,
                "separable_stem_c8_pad2_silu_blurpool_wide_stem": 3992,
-               "separable_stem_c6_pad2_silu_blurpool_mid20": 3786, "separable_stem_c8_pad2_silu_wide_stem": 3992}
+               "separable_stem_c6_pad2_silu_blurpool_mid20": 3786, "separable_stem_c8_pad2_silu_wide_stem": 3992,
+               "separable_stem_c8_pad2_silu_blurpool_stem16": 3480}
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -274,3 +275,16 @@ def test_compact_net_rejects_bad_layouts(layout):
 def test_step4_net_refuses_channel_dropout():
     with pytest.raises(ValueError, match="element-wise dropout only"):
         final_net("gap7624", dropout=0.05, dropout_kind="channel")
+
+
+def test_the_final_model_tables_say_the_shift_offsets_are_trained():
+    """torchsummary counts a layer's parameters as trainable only through a `weight`, which a Shift has
+    not; the generated README section says so, with the counts read from the model."""
+    from utils.report import final_model_tables
+
+    text = final_model_tables()
+    shifts = sum(m.bias.numel() for m in final_net().modules() if isinstance(m, Shift))
+    total = EXPECTED_PARAMS["final"]
+    assert shifts > 0 and f"Total params: {total:,}" in text
+    assert f"Non-trainable params: {shifts}" in text  # torchsummary's reading
+    assert f"the {shifts} learned offsets" in text and f"all {total:,} parameters are" in text

@@ -371,6 +371,9 @@ ARCHS = {
     "separable_stem_c6_pad2_silu_blurpool_mid20": "shiftbn silu c6 d8 Mb d20p d24p d32 d32",  # 3,786
     # ...and with a plain max-pool: the anti-aliased pool's ablation on this net.
     "separable_stem_c8_pad2_silu_wide_stem": "shiftbn silu c8 d12 M d20p d24p d32 d32",  # 3,992
+    # Under the 3,500 stretch, further the way the wider stem went: the full-resolution block to 16
+    # channels, both padded 12x12 blocks to 16, the last two kept at 32.
+    "separable_stem_c8_pad2_silu_blurpool_stem16": "shiftbn silu c8 d16 Mb d16p d16p d32 d32",  # 3,480
 }
 FINAL_ARCH = "separable_stem_c8_pad2_silu_blurpool_wide_stem"
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import nbformat
 
 from . import search
-from .models import final_net
+from .models import Shift, final_net
 from .plots import plot_frontier
 from .results import BAR, load_results
-from .summary import receptive_field, receptive_field_markdown, summary_table
+from .summary import count_params, receptive_field, receptive_field_markdown, summary_table
 from .paths import REPO
 
 
@@ -92,10 +92,16 @@ def results_table(results_dir: Path) -> str:
 
 
 def final_model_tables() -> str:
+    model = final_net()
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        summary_table(final_net())
-    return (f"```\n{buf.getvalue().strip()}\n```\n\nReceptive field, computed from the model "
+        summary_table(model)
+    # torchsummary marks a layer trainable only through a `weight`; a Shift has just its learned bias.
+    shifts = sum(m.bias.numel() for m in model.modules() if isinstance(m, Shift))
+    note = (f"torchsummary reads a layer as trainable only through its `weight`, so the {shifts} learned "
+            f"offsets of the shift-only batch norms (`Shift.bias`) show as non-trainable above; they are "
+            f"trained like every other weight: all {count_params(model):,} parameters are.\n\n") if shifts else ""
+    return (f"```\n{buf.getvalue().strip()}\n```\n\n{note}Receptive field, computed from the model "
             f"(`utils.receptive_field`):\n\n{receptive_field_markdown(receptive_field(final_net()))}")
 
 
