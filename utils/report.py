@@ -102,7 +102,7 @@ def final_model_tables() -> str:
             f"offsets of the shift-only batch norms (`Shift.bias`) show as non-trainable above; they are "
             f"trained like every other weight: all {count_params(model):,} parameters are.\n\n") if shifts else ""
     return (f"```\n{buf.getvalue().strip()}\n```\n\n{note}Receptive field, computed from the model "
-            f"(`utils.receptive_field`):\n\n{receptive_field_markdown(receptive_field(final_net()))}")
+            f"(`utils.receptive_field`):\n\n{receptive_field_markdown(receptive_field(model))}")
 
 
 def seeds_table(path: Path) -> str:
