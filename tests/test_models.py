@@ -26,7 +26,8 @@ ARCH_PARAMS = {"slim": 4808, "twopool": 4808, "twopool_small": 4444, "twopool_wi
                "separable_stem_c6_pad2_silu_blurpool_last_g2": 3970,
                "separable_stem_c8_pad2_silu_blurpool_wide_stem": 3992,
                "separable_stem_c6_pad2_silu_blurpool_mid20": 3786, "separable_stem_c8_pad2_silu_wide_stem": 3992,
-               "separable_stem_c8_pad2_silu_blurpool_stem16": 3480}
+               "separable_stem_c8_pad2_silu_blurpool_stem16": 3480,
+               "separable_stem_c8_pad2_silu_blurpool_shared24": 3488}
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -207,6 +208,48 @@ def test_the_blurred_pool_is_a_max_at_stride_1_then_a_binomial_blur_at_stride_2(
     rows = receptive_field(blurred)
     assert [r["type"] for r in rows][3:5] == ["MaxPool2d", "BlurPool2d"]
     assert (rows[3]["stride"], rows[4]["kernel"], rows[4]["stride"]) == (1, 3, 2)
+
+
+def test_r_runs_the_block_before_it_again_with_its_filters_shared_and_its_own_batch_norm():
+    plain, shared = CompactNet("shiftbn c4 M d8 d8 d8"), CompactNet("shiftbn c4 M d8 d8 R")
+    first, again = shared.features[3], shared.features[4]
+    assert first[0].weight is again[0].weight and first[2].weight is again[2].weight  # one tensor each
+    assert again[1] is not first[1] and again[3] is not first[3]  # a batch norm (statistics, shift) of its own
+    # the third block's 72 + 64 weights are not paid again: only its shift
+    assert count_params(plain) - count_params(shared) == 8 * 9 + 8 * 8
+    assert len(list(shared.parameters())) == len(list(plain.parameters())) - 2
+    x = torch.randn(2, 1, 28, 28)
+    assert shared(x).shape == (2, 10)
+    # the repeat computes the block's filters on the block's own output: by hand, with its own norm
+    h = torch.randn(1, 8, 12, 12)
+    step = nn.Sequential(first[0], again[1], first[2], again[3], again[4]).eval()
+    assert torch.equal(again.eval()(h), step(h))
+    # both passes train the one tensor: its gradient is the sum of both uses
+    shared(x).sum().backward()
+    assert first[2].weight.grad is again[2].weight.grad and first[2].weight.grad.abs().sum() > 0
+    # padding, groups and a shortcut come with the block repeated
+    repeated = CompactNet("shiftbn c4 M d8 d8pg2 R").features[4]
+    assert repeated[0].padding == (1, 1) and repeated[2].groups == 2
+    assert type(CompactNet("residual c4 M d8 d8 R").features[4]).__name__ == "Residual"
+
+
+@pytest.mark.parametrize("layout", ["R c4", "c4 M R", "c4 M d8 R", "c4 c4 M R"])
+def test_r_needs_a_block_that_keeps_its_width_right_before_it(layout):
+    with pytest.raises(ValueError, match="R in layout"):
+        CompactNet(layout)
+
+
+def test_a_net_with_shared_filters_exports_and_the_program_matches_it(tmp_path):
+    from utils.export import export_model
+
+    net = CompactNet("shiftbn silu c4 d8 Mb d8p R d16").eval()
+    x = torch.randn(4, 1, 28, 28)
+    path = export_model(net, tmp_path / "shared.pt2")
+    program = torch.export.load(path).module()
+    assert torch.allclose(program(x), net(x), atol=1e-5)
+    # the program names a shared tensor twice (its unflattened module has one entry per use), both on one storage
+    storages = {p.untyped_storage().data_ptr(): p.numel() for p in program.parameters()}
+    assert sum(storages.values()) == count_params(net) < sum(p.numel() for p in program.parameters())
 
 
 @pytest.mark.parametrize("layout", ["c4 M d8g1", "c4 M d8g0", "c4 M d8g01", "c4 M c8g2", "c4 M d8gp2"])
