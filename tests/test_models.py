@@ -233,6 +233,20 @@ def test_r_runs_the_block_before_it_again_with_its_filters_shared_and_its_own_ba
     assert type(CompactNet("residual c4 M d8 d8 R").features[4]).__name__ == "Residual"
 
 
+def test_the_summary_table_says_how_many_weights_torchsummary_counts_twice(capsys):
+    from utils.summary import shared_weights, summary_table
+
+    plain, shared = CompactNet("shiftbn c4 M d8 d8"), CompactNet("shiftbn c4 M d8 d8 R")
+    assert shared_weights(plain) == 0 and shared_weights(shared) == 8 * 9 + 8 * 8
+    summary_table(shared)
+    out = capsys.readouterr().out
+    per_layer = count_params(shared) + shared_weights(shared)
+    assert f"Total params: {per_layer:,}" in out  # torchsummary's own sum, each use of the filters counted
+    assert f"the {8 * 9 + 8 * 8:,} weights" in out and f"the model has {count_params(shared):,} parameters" in out
+    summary_table(plain)
+    assert "once per use" not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("layout", ["R c4", "c4 M R", "c4 M d8 R", "c4 c4 M R"])
 def test_r_needs_a_block_that_keeps_its_width_right_before_it(layout):
     with pytest.raises(ValueError, match="R in layout"):

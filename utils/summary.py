@@ -16,9 +16,22 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def shared_weights(model: nn.Module) -> int:
+    """Weights that more than one layer uses (a layout's ``R``), counted once per extra use: what a
+    per-layer count (torchsummary's) adds to the model's own."""
+    per_layer = sum(p.numel() for m in model.modules() for p in m.parameters(recurse=False) if p.requires_grad)
+    return per_layer - count_params(model)
+
+
 def summary_table(model: nn.Module, input_size=(1, 28, 28)) -> None:
-    """Print torchsummary's table. It only knows "cuda"/"cpu", so it runs on a CPU copy."""
+    """Print torchsummary's table. It only knows "cuda"/"cpu", so it runs on a CPU copy. torchsummary
+    adds up each layer's weights, so filters two layers share count twice there; the line after the
+    table says so, with the model's own count."""
     torchsummary_summary(copy.deepcopy(model).cpu(), input_size, device="cpu")
+    shared = shared_weights(model)
+    if shared:
+        print(f"torchsummary counts the {shared:,} weights of the repeated blocks' shared filters once per use: "
+              f"the model has {count_params(model):,} parameters.")
 
 
 def _pair(v):
