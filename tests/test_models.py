@@ -27,7 +27,8 @@ ARCH_PARAMS = {"slim": 4808, "twopool": 4808, "twopool_small": 4444, "twopool_wi
                "separable_stem_c8_pad2_silu_blurpool_wide_stem": 3992,
                "separable_stem_c6_pad2_silu_blurpool_mid20": 3786, "separable_stem_c8_pad2_silu_wide_stem": 3992,
                "separable_stem_c8_pad2_silu_blurpool_stem16": 3480,
-               "separable_stem_c8_pad2_silu_blurpool_shared24": 3488}
+               "separable_stem_c8_pad2_silu_blurpool_shared24": 3488,
+               "separable_stem_c8_pad2_silu_blurpool_shared24_once": 3464}
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

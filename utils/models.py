@@ -405,6 +405,8 @@ ARCHS = {
     # 32 before the head, in place of the two 32-channel blocks. One block deeper, 633k multiply-adds against
     # 489k, and a 10x10 map into the head.
     "separable_stem_c8_pad2_silu_blurpool_shared24": "shiftbn silu c8 d12 Mb d20p d24p d24p R d32",  # 3,488
+    # ...and its ablation: the same net without the second pass (R), 24 shifts fewer; what the repeat buys.
+    "separable_stem_c8_pad2_silu_blurpool_shared24_once": "shiftbn silu c8 d12 Mb d20p d24p d24p d32",  # 3,464
 }
 FINAL_ARCH = "separable_stem_c8_pad2_silu_blurpool_wide_stem"
 
