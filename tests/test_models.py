@@ -8,7 +8,7 @@ from utils.models import (ARCHS, BlurPool2d, CompactNet, Shift, conv_block, fina
 from utils.search import macs_per_image
 
 # Exact counts: a change to any model must be a deliberate change here too.
-EXPECTED_PARAMS = {"skeleton": 15042, "lighter": 8870, "regularized": 7624, "final": 3992}
+EXPECTED_PARAMS = {"skeleton": 15042, "lighter": 8870, "regularized": 7624, "final": 3488}
 # The search candidates (utils.models.ARCHS) and the first final, step 4's net.
 ARCH_PARAMS = {"slim": 4808, "twopool": 4808, "twopool_small": 4444, "twopool_wide": 5824, "separable": 4392,
                "separable_small": 3440, "gap7624": 7624, "onepool_narrow": 5892, "twopool_three": 5764,
@@ -47,7 +47,7 @@ def test_exact_parameter_count(name):
 def test_series_budgets():
     assert EXPECTED_PARAMS["lighter"] < 10_000
     assert EXPECTED_PARAMS["regularized"] < 8_000
-    assert EXPECTED_PARAMS["final"] <= 4000  # round 5's aim; the <= 3,500 stretch is not met yet
+    assert EXPECTED_PARAMS["final"] <= 3500  # round 5's stretch
 
 
 def test_blocks():

@@ -408,7 +408,7 @@ ARCHS = {
     # ...and its ablation: the same net without the second pass (R), 24 shifts fewer; what the repeat buys.
     "separable_stem_c8_pad2_silu_blurpool_shared24_once": "shiftbn silu c8 d12 Mb d20p d24p d24p d32",  # 3,464
 }
-FINAL_ARCH = "separable_stem_c8_pad2_silu_blurpool_wide_stem"
+FINAL_ARCH = "separable_stem_c8_pad2_silu_blurpool_shared24"
 
 
 @named

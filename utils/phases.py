@@ -73,7 +73,7 @@ AVERAGE_UPDATES = {
 # How SGD's step is computed, as torch.optim.SGD's arguments: torch's default (a loop over the tensors on
 # a CPU, foreach calls on CUDA), or every tensor in foreach calls or one fused kernel. The same
 # arithmetic: on a CPU each gives the 4,976 net's recorded weights to the last bit; on round 5's finals
-# (4,482 and 3,992) the fused step does not (tests/test_bench.py), so their benchmark marks it other bits.
+# (4,482, 3,992 and 3,488) the fused step does not (tests/test_bench.py), so their benchmark marks it other bits.
 SGD_IMPLEMENTATIONS = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 RECORDED_FINAL = dict(averages=(0.9998, 0.9995), tested=2)
 # The final (05_final): round 4's runs tested its own average and round 3's shorter one every epoch.

@@ -132,7 +132,7 @@ SETTINGS: dict[str, Setting] = {
     "images_dir": Setting("images", "the figures", text, path=True),
     "export_path": Setting("results/05_final.pt2", "the trained model as a torch.export program", text, path=True),
     # The model
-    "arch": Setting("separable_stem_c8_pad2_silu_blurpool_wide_stem", "a layout of utils.models.ARCHS (or "
+    "arch": Setting("separable_stem_c8_pad2_silu_blurpool_shared24", "a layout of utils.models.ARCHS (or "
                     "step 4's 'gap7624'): the smallest that held every seed run with a margin", arch_name),
     "dropout": Setting(0.0, "after every conv block but the last; none: a net this small underfits without it",
                        number(0, 1), label="dropout {}"),

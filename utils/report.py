@@ -30,7 +30,8 @@ STEPS = {
     "03_regularized": ("Regularized", "< 8k, regularize", "BN, dropout 0.05, ±7° rotation, GAP head"),
     "04_lr_scheduled": ("LR-scheduled", "≥ 99.40 % last 5, < 8k", "OneCycleLR (peak 0.1), Nesterov"),
     "05_final": ("Final", "≥ 99.40 % last 5, ≤ 4k (stretch 3.5k)",
-                 "3,992 params, wider separable stem, SiLU, blurred pool, batch 32, clean tail self-distilled"),
+                 "3,488 params, one block run twice on shared filters, wide separable stem, SiLU, blurred pool, "
+                 "batch 32, clean tail self-distilled"),
 }
 
 
