@@ -339,7 +339,6 @@ def test_the_final_model_tables_say_the_shift_offsets_are_trained():
     """torchsummary counts a layer's parameters as trainable only through a `weight`, which a Shift has
     not; the generated README section says so, with the counts read from the model."""
     from utils.report import final_model_tables
-
     from utils.summary import shared_weights
 
     text = final_model_tables()
