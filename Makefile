@@ -60,6 +60,7 @@ ablation: $(READY)
 
 bench: $(READY)
 	$(PY) -m utils.bench
+	$(PY) -m utils.levers
 	$(PY) -m utils.report
 
 clean-venv:

@@ -163,3 +163,20 @@ def test_a_cuda_benchmark_reads_as_one(tmp_path):
     assert "the recorded ones" not in page and "Instruction-set ceiling" not in page
     assert "Does a run repeat itself here?" in page
     assert pages.performance_table(tmp_path / "none.json", "no CUDA file") == "no CUDA file"
+
+
+def test_the_levers_report_every_figure_and_testing_in_chunks_keeps_the_bits(data_dir, tmp_path):
+    """utils.levers on a tiny setting: every batch size timed, the evaluation passes timed, and the chunked
+    test pass the same bits as whole batches (timings are not asserted)."""
+    from utils import levers
+
+    out = tmp_path / "levers.json"
+    report = levers.run_levers(data_dir=data_dir, count=128, repeats=1, eval_repeats=1, compile_too=False, out=out)
+    assert json.loads(out.read_text()) == report
+    assert [r["batch_size"] for r in report["batch_sizes"]] == list(levers.BATCH_SIZES)
+    assert all(r["seconds_per_epoch"] > 0 and len(r["all_seconds"]) == 1 for r in report["batch_sizes"])
+    assert report["evaluation"]["same_outputs"] and report["evaluation"]["same_figures"]
+    assert len(report["evaluation"]["passes"]) == 3 and "compile" not in report
+    assert report["cpu"]["threads"] == 1
+    with pytest.raises(ValueError, match="count must be at least 128"):
+        levers.run_levers(data_dir=data_dir, count=64, out=None)

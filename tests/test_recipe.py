@@ -299,3 +299,18 @@ def test_bn_recompute_is_fit_s_and_old_records_read_as_averaged():
     final = Recipe.final().config
     assert search.recipe_differences({**final, "bn_recompute": 10_000}, {**final, "bn_recompute": None}) == \
         "BN statistics measured on 10000 digits"
+
+
+def test_the_kept_bn_reading_is_fit_s_and_not_part_of_the_recipe_compared():
+    """test_kept_bn adds a second test beside the run's own: the final leaves it off, runs recorded before it
+    had it on, and two runs that differ only there are the same recipe (and the same bits, tests/test_train.py)."""
+    from utils.recipe import comparable, fit_settings
+
+    assert fit_settings(Recipe.final())["test_kept_bn"] is False
+    assert fit_settings(Recipe.final(test_kept_bn=True))["test_kept_bn"] is True
+    assert SETTINGS["test_kept_bn"].absent is True
+    old = {k: v for k, v in Recipe.final().config.items() if k != "test_kept_bn"}
+    assert comparable(old) == comparable(Recipe.final(test_kept_bn=True).config) == comparable(Recipe.final().config)
+    for bad in (1, 0, None, "yes"):
+        with pytest.raises(ValueError, match="test_kept_bn must be True or False"):
+            Recipe.final(test_kept_bn=bad)

@@ -142,6 +142,8 @@ def test_a_batch_rerun_repeats_the_first_run_of_the_seed_study():
     assert rerun["cpu"]["threads"] == first["cpu"]["threads"] == 1
     assert rerun["cpu"]["onednn_max_cpu_isa"] == first["cpu"]["onednn_max_cpu_isa"]
     assert rerun["test_acc"] == first["test_acc"] and len(rerun["test_acc"]) == 15
+    # ... and its losses, tested a chunk of the test batch at a time since (utils.train.EVAL_CHUNK)
+    assert rerun["test_loss"] == first["test_loss"] and rerun["train_loss"] == first["train_loss"]
 
 
 def test_a_run_recorded_before_the_memory_format_setting_repeats_through_its_absent_value():

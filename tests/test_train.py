@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from utils import DeviceLoader, evaluate, final_net, fit, pick_device, save_json, seed_everything, summarize
-from utils.models import FINAL_ARCH
+from utils.models import FINAL_ARCH, lighter_net, regularized_net, skeleton_net
+from utils.train import EVAL_CHUNK
 
 
 def _short_run(small_mnist, seed=0, epochs=2):
@@ -380,6 +381,35 @@ def test_measured_bn_statistics_are_tested_without_changing_the_run(small_mnist)
             progress=False, log=None)
     with pytest.raises(ValueError, match="clean_subset takes 1 to 512 images"):
         train.clean_subset(1000)
+    # Without the kept reading (the final's recipe) the run and its measured reading are the same bits.
+    measured_only, _, _, _ = run(bn_recompute=300, test_kept_bn=False)
+    assert [{k: v for k, v in r.items() if k not in ("averaged_bn", "seconds")} for r in measured] == \
+        [{k: v for k, v in r.items() if k != "seconds"} for r in measured_only]
+    with pytest.raises(ValueError, match="test_kept_bn must be True or False"):
+        fit(final_net(), train, test, torch.optim.SGD(final_net().parameters(), lr=0.1), 1, ema_decay=0.99,
+            bn_recompute=100, test_kept_bn=1, progress=False, log=None)
+
+
+@pytest.mark.parametrize("build", [skeleton_net, lighter_net, regularized_net, final_net])
+def test_testing_in_chunks_gives_every_net_the_same_figures(mnist, build):
+    """evaluate runs a loader batch through the model EVAL_CHUNK images at a time (faster: the activations stay
+    in the caches); in eval mode each image's output, and so the loss and accuracy, are the same bits."""
+    (x, y), (xt, yt) = mnist
+    seed_everything(0)
+    model = build().to(memory_format=torch.channels_last)
+    train = DeviceLoader(x[:2000], y[:2000], batch_size=500, shuffle=False)
+    with torch.no_grad():  # statistics of real digits, so the outputs are not those of a fresh net
+        model.train()
+        for batch, _ in train:
+            model(batch.contiguous(memory_format=torch.channels_last))
+    test = DeviceLoader(xt[:2000], yt[:2000], batch_size=1000, shuffle=False)
+    whole = evaluate(model, test, torch.channels_last, chunk=None)
+    assert EVAL_CHUNK < test.batch_size
+    assert evaluate(model, test, torch.channels_last) == whole
+    assert evaluate(model, test, torch.channels_last, chunk=7) == whole  # a last chunk shorter than the rest
+    for bad in (0, -1, 2.5, True, "250"):
+        with pytest.raises(ValueError, match="chunk must be None or an integer >= 1"):
+            evaluate(model, test, torch.channels_last, chunk=bad)
 
 
 def test_a_distilled_step_descends_the_mixed_loss_and_leaves_the_teacher_alone(small_mnist):

@@ -50,6 +50,11 @@ def number(low: float, high: float, low_open: bool = False, high_open: bool = Tr
     return check
 
 
+def boolean(name, value):
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
 def text(name, value):
     if not isinstance(value, str) or not value:
         raise ValueError(f"{name} must be a non-empty string, got {value!r}")
@@ -215,6 +220,11 @@ SETTINGS: dict[str, Setting] = {
                             "trajectory, two readings); 10,000: every round 5 study read its runs this way",
                             integer(1, 60_000, optional=True), label="BN statistics measured on {} digits",
                             off="averaged BN statistics"),
+    "test_kept_bn": Setting(False, "with bn_recompute, also test the average as kept, with its averaged batch-norm "
+                            "statistics, beside the measured reading (history's averaged_bn): a second reading of the "
+                            "same trajectory for a study that compares the two, one more pass over the test set an "
+                            "epoch (make bench), so the final leaves it off; every run recorded before it had it on",
+                            boolean, absent=True, applies_with="bn_recompute"),
     # The arithmetic
     "memory_format": Setting("channels_last", "how 4-d tensors are laid out: channels-last lets oneDNN run faster "
                              "convolution kernels on these tiny channel counts (docs/performance.md); it changes the "
@@ -305,7 +315,9 @@ class Recipe:
         return dict(self._values)
 
 
-NOT_COMPARED = ("seed", "threads")  # a run's threads: every record's "cpu" block holds the count it used
+# A run's threads: every record's "cpu" block holds the count it used. The kept-BN reading is a second test
+# beside the run's own: it changes no bit of the training or of the run's figures.
+NOT_COMPARED = ("seed", "threads", "test_kept_bn")
 
 
 def comparable(config: dict) -> dict:
@@ -350,7 +362,7 @@ def augmentation(recipe: Recipe) -> dict:
 
 
 FIT_SETTINGS = ("ema_decay", "ema_ramp", "extra_ema_decays", "extra_ema_ramps", "label_smoothing", "grad_clip",
-                "sam_rho", "memory_format", "bn_recompute", "distill_weight", "distill_from")
+                "sam_rho", "memory_format", "bn_recompute", "test_kept_bn", "distill_weight", "distill_from")
 
 
 def fit_settings(recipe: Recipe) -> dict:

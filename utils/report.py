@@ -211,7 +211,9 @@ def phase_table(name: str, comparison: dict, device_type: str = "cpu") -> list[s
             f"{c['steps_per_epoch']:,} steps an epoch): seconds per augmented epoch, the median of {c['repeats']} "
             f"side-by-side repetitions of {c['steps']} steps each"
             + (f"; every path's evaluation measures the average's batch-norm statistics on {c['bn_recompute']:,} "
-               "clean digits and tests it both ways (the recipe's `bn_recompute`)" if c.get("bn_recompute") else "")
+               "clean digits and tests it (the recipe's `bn_recompute`), and tests the average as kept too"
+               + (" on every path but the adopted one (`test_kept_bn`)" if any(
+                   r.get("kept_bn_tested") is False for r in c["paths"]) else "") if c.get("bn_recompute") else "")
             + ".", "",
             "| path | what changes | bits | forward | backward | optimizer | averages | augmentation | "
             "evaluation | epoch | speed-up |", "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|"]

@@ -199,13 +199,24 @@ def train_epoch(model, loader, optimizer, scheduler=None, progress=True, desc="t
     return float(total_loss) / seen, 100.0 * float(correct) / seen
 
 
+# Images per forward pass when testing. A loader batch of 1,000 digits makes activations of tens of MB
+# at full resolution, which fall out of the CPU's caches; 250 at a time keep them in (make bench measures
+# both, docs/performance.md). In eval mode every image's output is the same bits at any chunk size on
+# the CPU (tests/test_train.py), and the loss is still summed per loader batch, so the figures are the same.
+EVAL_CHUNK = 250
+
+
 @torch.no_grad()
-def evaluate(model, loader, memory_format=torch.contiguous_format):
-    """Mean loss and accuracy % over ``loader`` in eval mode, each batch in ``memory_format``."""
+def evaluate(model, loader, memory_format=torch.contiguous_format, chunk: int | None = EVAL_CHUNK):
+    """Mean loss and accuracy % over ``loader`` in eval mode, each batch in ``memory_format``, run through
+    the model ``chunk`` images at a time (None: a whole batch at once)."""
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+        raise ValueError(f"chunk must be None or an integer >= 1, got {chunk!r}")
     model.eval()
     total_loss, correct, seen = 0.0, 0, 0
     for x, y in loader:
-        out = model(x.contiguous(memory_format=memory_format))
+        x = x.contiguous(memory_format=memory_format)
+        out = torch.cat([model(part) for part in x.split(chunk or len(x))])
         total_loss += F.nll_loss(out, y, reduction="sum")
         correct += (out.argmax(1) == y).sum()
         seen += len(y)
@@ -338,7 +349,7 @@ def with_measured_bn(module, batches, memory_format=torch.contiguous_format):
 def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None, ema_decay=None,
         label_smoothing=0.0, progress=True, log=print, extra_ema_decays=(), grad_clip=None,
         memory_format="contiguous", bn_recompute=None, ema_ramp=EMA_RAMP, extra_ema_ramps=(), sam_rho=None,
-        distill_weight=None, distill_from=1):
+        distill_weight=None, distill_from=1, test_kept_bn=True):
     """Train for ``epochs`` epochs; return the history, one dict per epoch.
 
     ``scheduler``: OneCycleLR and CyclicLR step every batch, others every epoch (ReduceLROnPlateau
@@ -358,7 +369,7 @@ def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None, ema
     ``bn_recompute`` (an int n; needs ``ema_decay``): before each test, a copy of the average gets its
     batch-norm statistics measured on the first n clean training digits (all of a smaller training set;
     ``train_loader.clean_subset``, ``with_measured_bn``) and that copy is tested (at the end the model
-    holds it); the average as kept, with its averaged statistics, is tested beside it
+    holds it); with ``test_kept_bn`` the average as kept, with its averaged statistics, is tested beside it
     (``row["averaged_bn"]``). Training and the average itself are untouched, so the two arms compare on
     one trajectory. The extra averages are then tested with measured statistics too, like the run's own.
     ``distill_weight`` (w in (0, 1]; needs ``ema_decay``): self-distillation. From epoch ``distill_from`` on,
@@ -387,6 +398,8 @@ def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None, ema
             raise ValueError("distill_weight needs ema_decay: the run's own average is the teacher")
     if isinstance(distill_from, bool) or not isinstance(distill_from, int) or distill_from < 1:
         raise ValueError(f"distill_from must be an epoch >= 1, got {distill_from!r}")
+    if not isinstance(test_kept_bn, bool):
+        raise ValueError(f"test_kept_bn must be True or False, got {test_kept_bn!r}")
     bn_batches = None
     if bn_recompute is not None:
         if ema_decay is None:
@@ -416,8 +429,10 @@ def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None, ema
                                             teacher=ema.module if distilling else None,
                                             distill_weight=distill_weight if distilling else None)
         tested = ema.module if ema is not None else model
+        kept = None
         if bn_batches is not None:
-            kept_loss, kept_acc = evaluate(tested, test_loader, layout)
+            if test_kept_bn:
+                kept = dict(zip(("test_loss", "test_acc"), evaluate(tested, test_loader, layout)))
             tested = with_measured_bn(tested, bn_batches, layout)
         test_loss, test_acc = evaluate(tested, test_loader, layout)
         averages = {}
@@ -435,8 +450,8 @@ def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None, ema
                    test_acc=test_acc, lr=lr, seconds=seconds)
         if averages:
             row["averages"] = averages
-        if bn_batches is not None:
-            row["averaged_bn"] = dict(test_loss=kept_loss, test_acc=kept_acc)
+        if kept is not None:
+            row["averaged_bn"] = kept
         history.append(row)
         epoch_bar.set_postfix(test_acc=f"{test_acc:.2f}")
         report_progress(epoch, test_acc)  # before the line: a runner woken by the line finds its epoch
