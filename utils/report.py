@@ -323,6 +323,47 @@ def speed_line(path: Path) -> str:
     return line
 
 
+def levers_table(path: Path) -> str:
+    """What a training step's cost follows and the levers outside the benchmark's paths (``utils.levers``)."""
+    if not path.exists():
+        return "_No lever timings saved yet: run `make bench`._"
+    v = load_results(path)
+    by_size = {r["batch_size"]: r for r in v["batch_sizes"]}
+    base = by_size.get(32) or v["batch_sizes"][0]
+    rows = [f"Measured on {v['machine']}, torch {v['torch']}, one thread, AVX2 ceiling "
+            f"({v['cpu']['onednn_max_cpu_isa']}); `{v['arch']}` in {v['memory_format']}; the 1-minute load average "
+            f"was {v['load_average_before']:.2f} as the timings began and {v['load_average_after']:.2f} as they ended, "
+            f"on {v['cores']} cores. Medians of {v['repeats']} alternated repetitions.", "",
+            f"Training steps (forward, backward, SGD) per 60,000-image epoch, {v['images_per_timing']:,} augmented "
+            "images per timing:", "", "| batch size | steps an epoch | s/epoch | against batch "
+            f"{base['batch_size']} |", "|--:|--:|--:|--:|"]
+    rows += [f"| {r['batch_size']} | {r['steps_per_epoch']:,} | {r['seconds_per_epoch']:.1f} | "
+             f"{base['seconds_per_epoch'] / r['seconds_per_epoch']:.2f}× |" for r in v["batch_sizes"]]
+    if v.get("compile"):
+        c = v["compile"]
+        rows += ["", f"`torch.compile` (inductor) on the same steps at the recipe's batch: eager "
+                 f"{c['eager']['seconds_per_epoch']:.1f} s/epoch, compiled {c['compiled']['seconds_per_epoch']:.1f} "
+                 f"(**{c['speedup']:.2f}×**, other bits); its first three steps took "
+                 f"{c['first_steps_seconds']['compiled']:.0f} s against {c['first_steps_seconds']['eager']:.1f} s "
+                 "eager (the compilation)."]
+    e = v["evaluation"]
+    passes = {p["name"]: p["seconds"] for p in e["passes"]}
+    whole, chunked, measuring = (p["name"] for p in e["passes"])
+    rows += ["", "One epoch's evaluation passes of the final (the 10,000 test digits; the measuring pass runs "
+             "clean training digits in train mode, a batch of 1,000 at a time):", "",
+             "| pass | seconds |", "|---|--:|"]
+    rows += [f"| {name} | {seconds:.2f} |" for name, seconds in passes.items()]
+    before = passes[measuring] + 2 * passes[whole]
+    after = passes[measuring] + passes[chunked]
+    rows += ["", f"Testing {e['chunk']} images at a time gives "
+             + ("**every output the same bits** and the same loss and accuracy" if e["same_outputs"] and e["same_figures"]
+                else "**other bits**") + f" as whole batches. An epoch of the final's evaluation: {before:.2f} s as "
+             f"recorded (measuring, then testing twice in whole batches: the measured and the kept reading), "
+             f"{after:.2f} s now (measuring, then one test in chunks; `test_kept_bn` off): "
+             f"{before - after:.2f} s an epoch, {15 * (before - after):.0f} s over 15 epochs."]
+    return "\n".join(rows)
+
+
 def main_job_line(path: Path) -> str:
     """The main job's wall time, from the file ``make run`` leaves (``results/main_job.json``)."""
     if not path.exists():
@@ -364,6 +405,7 @@ def generated_blocks(results_dir: Path) -> dict[str, dict[str, Callable[[], str]
             "performance-cuda": lambda: performance_table(
                 results_dir / "bench_cuda.json",
                 "_No CUDA benchmark saved yet: run `python -m utils.bench --device cuda` on a GPU._"),
+            "levers": lambda: levers_table(results_dir / "levers.json"),
             "main-job": lambda: main_job_line(results_dir / "main_job.json"),
         },
     }
