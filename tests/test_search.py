@@ -182,6 +182,35 @@ def test_speed_line_reads_the_benchmark(tmp_path):
     assert report.speed_line(path).startswith("The earlier final's (4,976 parameters; not yet benchmarked")
 
 
+def test_levers_table_reads_the_lever_timings(tmp_path):
+    from utils import report
+
+    path = tmp_path / "levers.json"
+    assert report.levers_table(path).startswith("_No lever timings saved yet")
+    sizes = [dict(batch_size=b, steps_per_epoch=-(-60000 // b), seconds_per_epoch=s)
+             for b, s in ((16, 44.0), (32, 40.0), (64, 32.0), (128, 36.0))]
+    passes = [dict(name="whole batches of 1,000", seconds=2.0), dict(name="chunks of 250", seconds=1.5),
+              dict(name="measuring batch-norm statistics on 10,000 digits", seconds=3.0)]
+    levers = dict(machine="test CPU", torch="2.x", cpu=dict(onednn_max_cpu_isa="AVX2"), arch="a", repeats=5,
+                  memory_format="channels_last", load_average_before=0.1, load_average_after=1.0, cores=2,
+                  images_per_timing=3200, batch_sizes=sizes,
+                  evaluation=dict(chunk=250, same_outputs=True, same_figures=True, passes=passes),
+                  compile=dict(first_steps_seconds=dict(eager=0.1, compiled=20.0), speedup=1.25,
+                               eager=dict(seconds_per_epoch=40.0), compiled=dict(seconds_per_epoch=32.0)))
+    save_json(path, levers)
+    table = report.levers_table(path)
+    assert "| 64 | 938 | 32.0 | 1.25× |" in table and "| 16 | 3,750 | 44.0 | 0.91× |" in table
+    assert "compiled 32.0 (**1.25×**, other bits)" in table and "took 20 s" in table
+    # recorded: measuring and two whole test passes (7.0 s); now: measuring and one chunked pass (4.5 s)
+    assert "**every output the same bits**" in table and "7.00 s as recorded" in table and "4.50 s now" in table
+    assert "2.50 s an epoch, 38 s over 15 epochs" in table
+    save_json(path, {**levers, "evaluation": {**levers["evaluation"], "same_outputs": False}})
+    assert "**other bits**" in report.levers_table(path)
+    del levers["compile"]
+    save_json(path, levers)
+    assert "torch.compile" not in report.levers_table(path)
+
+
 def test_ablation_table_asks_for_a_fresh_seed_study_when_runs_lack_configs(tmp_path):
     save_json(tmp_path / "05_final.json", dict(config=FINAL))
     save_json(tmp_path / "seeds.json", dict(runs=[dict(run="seed0", status="ok", params=4808)]))

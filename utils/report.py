@@ -18,6 +18,7 @@ import nbformat
 from . import search
 from .models import Shift, final_net
 from .plots import plot_frontier
+from .recipe import MAX_EPOCHS
 from .results import BAR, load_results
 from .summary import count_params, receptive_field, receptive_field_markdown, summary_table
 from .paths import REPO
@@ -355,12 +356,13 @@ def levers_table(path: Path) -> str:
     rows += [f"| {name} | {seconds:.2f} |" for name, seconds in passes.items()]
     before = passes[measuring] + 2 * passes[whole]
     after = passes[measuring] + passes[chunked]
+    same = e["same_outputs"] and e["same_figures"]
     rows += ["", f"Testing {e['chunk']} images at a time gives "
-             + ("**every output the same bits** and the same loss and accuracy" if e["same_outputs"] and e["same_figures"]
-                else "**other bits**") + f" as whole batches. An epoch of the final's evaluation: {before:.2f} s as "
+             + ("**every output the same bits** and the same loss and accuracy" if same else "**other bits**")
+             + f" as whole batches. An epoch of the final's evaluation: {before:.2f} s as "
              f"recorded (measuring, then testing twice in whole batches: the measured and the kept reading), "
              f"{after:.2f} s now (measuring, then one test in chunks; `test_kept_bn` off): "
-             f"{before - after:.2f} s an epoch, {15 * (before - after):.0f} s over 15 epochs."]
+             f"{before - after:.2f} s an epoch, {MAX_EPOCHS * (before - after):.0f} s over {MAX_EPOCHS} epochs."]
     return "\n".join(rows)
 
 
