@@ -33,17 +33,13 @@ from .bench import TRAIN_IMAGES, final_model, final_recipe
 from .data import DeviceLoader, load_mnist
 from .experiment import machine_description
 from .paths import REPO
+from .phases import rotated
 from .recipe import augmentation
 from .repro import cpu_info, pin_isa
 from .results import save_json
 from .train import EVAL_CHUNK, evaluate, memory_format_of, seed_everything, with_measured_bn
 
 BATCH_SIZES = (16, 32, 64, 128)
-
-
-def rotated(names: list, r: int) -> list:
-    """``names`` starting at position ``r`` (mod its length): repetition r's order."""
-    return names[r % len(names):] + names[:r % len(names)]
 
 
 def _stepper(model, layout):

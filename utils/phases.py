@@ -103,6 +103,12 @@ STEP_PATHS = (
 )
 
 
+def rotated(items: list, r: int) -> list:
+    """``items`` starting at position ``r`` (mod its length): repetition r's order, so a slow spell of the
+    machine falls on every variant alike."""
+    return items[r % len(items):] + items[:r % len(items)]
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -208,7 +214,7 @@ def compare_paths(paths, make_model, make_optimizer, train_loader: DeviceLoader,
     per_epoch = len(train_loader)
     rounds: dict[str, list[dict]] = {p.name: [] for p in paths}
     for r in range(repeats + 1):  # round 0 warms every path up and is not counted
-        for path in paths[r % len(paths):] + paths[:r % len(paths)]:
+        for path in rotated(list(paths), r):
             step, model = time_steps(make_model, make_optimizer, batches, path, device)
             epoch = {phase: step[phase] * per_epoch for phase in STEP_PHASES}
             epoch["augmentation"] = time_augmentation(train_loader, path, steps, device) * per_epoch
