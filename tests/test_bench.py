@@ -178,5 +178,19 @@ def test_the_levers_report_every_figure_and_testing_in_chunks_keeps_the_bits(dat
     assert report["evaluation"]["same_outputs"] and report["evaluation"]["same_figures"]
     assert len(report["evaluation"]["passes"]) == 3 and "compile" not in report
     assert report["cpu"]["threads"] == 1
+    kernels = report["kernels"]
+    assert 0 <= kernels["subnormal_values"] <= kernels["values_checked"] and kernels["values_checked"] > 0
+    assert [r["name"] for r in kernels["steps"]] == ["as run", "subnormals flushed to zero", "oneDNN off"]
+    assert (torch.tensor([1e-39]) * 1.0).item() != 0  # flushing is switched off again: torch's default
     with pytest.raises(ValueError, match="count must be at least 128"):
         levers.run_levers(data_dir=data_dir, count=64, out=None)
+    with pytest.raises(ValueError, match="no trained final"):
+        levers.run_levers(data_dir=data_dir, count=128, out=None, weights=tmp_path / "missing.pt2")
+
+
+def test_subnormal_count_finds_only_nonzero_values_below_the_smallest_normal_float():
+    from utils import levers
+
+    tiny = torch.finfo(torch.float32).tiny
+    values = torch.tensor([0.0, tiny, tiny / 4, -tiny / 4, 1.0])
+    assert levers.subnormal_count([values, torch.zeros(3)]) == (2, 8)

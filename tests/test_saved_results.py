@@ -105,6 +105,25 @@ def test_the_final_s_studies_are_full_runs_of_its_whole_recipe(study, runs):
     assert seeds == list(range(10)) if study == "seeds" else min(seeds) >= 300
 
 
+@pytest.mark.parametrize("study", ["seeds", "heldout"])
+def test_the_final_s_studies_were_made_by_the_committed_runner_and_repeat_the_study_that_chose_it(study):
+    """The seed and held-out studies were remade by ``make seeds`` / ``make heldout`` with code that
+    records every setting there is, so each run's record is the committed final's whole recipe; each
+    run repeats round 5's study 64 (the screen, confirmation and held-out runs of the net, kept under
+    ``results/parts/``), made before the evaluation changes, to the last digit: accuracies and losses."""
+    final = load_results(RESULTS / "05_final.json")
+    parts = {r["config"]["seed"]: r for path in (RESULTS / "parts").glob("*_64_seed_*.json")
+             for r in load_results(path)["runs"]}
+    runs = load_results(RESULTS / f"{study}.json")["runs"]
+    assert runs and "merged_from" not in load_results(RESULTS / f"{study}.json")
+    for run in runs:
+        assert set(SETTINGS) <= set(run["config"])
+        assert literal_recipe(run["config"]) == literal_recipe(final["config"])
+        study_64 = parts[run["config"]["seed"]]
+        for key in ("test_acc", "test_loss", "train_acc", "train_loss"):
+            assert run[key] == study_64[key], (run["run"], key)
+
+
 def test_the_readme_claims_every_seed_only_with_the_margin():
     """"Every seed" means a margin (mean - 2 std of the last-5 minima over the seed and held-out
     studies) >= 99.40: the README and the final notebook may say a new seed is expected to hold

@@ -182,6 +182,26 @@ def test_speed_line_reads_the_benchmark(tmp_path):
     assert report.speed_line(path).startswith("The earlier final's (4,976 parameters; not yet benchmarked")
 
 
+def test_goals_table_reads_each_speed_goal_from_its_file(tmp_path):
+    from utils import report
+
+    assert report.goals_table(tmp_path).startswith("_No timings saved yet")
+    paths = [dict(path="recorded", speedup=1.0), dict(path="adopted", speedup=1.6)]
+    runs = [dict(memory_format="channels_last", threads=1, wall_seconds=840.0),
+            dict(memory_format="contiguous", threads=1, wall_seconds=1250.0)]
+    save_json(tmp_path / "bench.json", dict(phases=dict(final=dict(paths=paths)), full_runs=runs,
+                                            recipe=dict(memory_format="channels_last")))
+    lane = lambda seconds: dict(status="ok", seconds=seconds)  # noqa: E731
+    save_json(tmp_path / "seeds.json", dict(jobs=2, runs=[lane(500.0), lane(600.0), lane(530.0)]))
+    save_json(tmp_path / "heldout.json", dict(jobs=1, runs=[lane(300.0)]))  # not two at a time: not a lane
+    save_json(tmp_path / "main_job.json", dict(wall_seconds=880.0))
+    table = report.goals_table(tmp_path)
+    assert "| 1.60× | `bench.json` | met (aim not met) |" in table
+    assert "| 14.0 minutes (2.8× the goal) | `bench.json` | **not met** |" in table
+    assert "8.3–10.0 minutes, median 8.8 (2 of 3 runs within" in table and table.count("**not met**") == 2
+    assert "| 14.7 minutes | `main_job.json` | met |" in table
+
+
 def test_levers_table_reads_the_lever_timings(tmp_path):
     from utils import report
 
@@ -206,9 +226,18 @@ def test_levers_table_reads_the_lever_timings(tmp_path):
     assert "2.50 s an epoch, 38 s over 15 epochs" in table
     save_json(path, {**levers, "evaluation": {**levers["evaluation"], "same_outputs": False}})
     assert "**other bits**" in report.levers_table(path)
+    assert "Kernel switches" not in table  # a file made before they were measured
     del levers["compile"]
     save_json(path, levers)
     assert "torch.compile" not in report.levers_table(path)
+    kernels = dict(probe_steps=10, subnormal_values=0, values_checked=123456, flush_supported=True,
+                   steps=[dict(name="as run", seconds_per_epoch=40.0),
+                          dict(name="subnormals flushed to zero", seconds_per_epoch=40.0),
+                          dict(name="oneDNN off", seconds_per_epoch=80.0)])
+    save_json(path, {**levers, "kernels": kernels})
+    table = report.levers_table(path)
+    assert "first 10 steps met **0 subnormal values** among 123,456" in table and "cannot flush" not in table
+    assert "| oneDNN off | 80.0 | 0.50× |" in table and "| subnormals flushed to zero | 40.0 | 1.00× |" in table
 
 
 def test_ablation_table_asks_for_a_fresh_seed_study_when_runs_lack_configs(tmp_path):

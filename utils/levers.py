@@ -15,16 +15,21 @@ by repetition (the order rotating) and reports medians.
    images per forward pass (``utils.train.evaluate``), whether every output is the same bits, and the pass
    that measures the average's batch-norm statistics (``bn_recompute``), which cannot be chunked: its
    statistics are those of each batch of 1,000.
+4. Kernel switches, on the final's trained weights (``results/05_final.pt2``): how many subnormal floats a
+   training step meets (each can cost a slow path in the CPU's arithmetic), and the same steps with
+   subnormals flushed to zero and with oneDNN's convolutions switched off (ATen's own kernels).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -131,10 +136,79 @@ def evaluation_passes(recipe, images, labels, repeats: int, data_dir) -> dict:
                         for name, t in times.items()])
 
 
+@contextlib.contextmanager
+def flushed_subnormals():
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)  # torch's default
+
+
+def subnormal_count(tensors) -> tuple[int, int]:
+    """(subnormal values, values) over ``tensors``: nonzero floats smaller than the smallest normal one."""
+    tiny = torch.finfo(torch.float32).tiny
+    found = total = 0
+    for t in tensors:
+        a = t.detach().abs()
+        found += int(((a > 0) & (a < tiny)).sum())
+        total += a.numel()
+    return found, total
+
+
+def kernel_switches(recipe, images, labels, count: int, repeats: int, weights, probe_steps: int = 10) -> dict:
+    """Training steps from the final's trained weights as run, with subnormals flushed, with oneDNN off;
+    first, the subnormal values its first ``probe_steps`` steps meet in activations, weights and gradients."""
+    layout = memory_format_of(recipe.memory_format)
+    batches = augmented(recipe, images, labels, recipe.batch_size, count)
+    seed_everything(0)
+    probe = final_model(recipe).to(memory_format=layout)
+    probe.load_state_dict(weights)
+    counts = [0, 0]
+
+    def tally(tensors):
+        found, values = subnormal_count(tensors)
+        counts[0] += found
+        counts[1] += values
+
+    hooks = [m.register_forward_hook(lambda _m, _i, out: tally([out]))
+             for m in probe.modules() if not list(m.children())]
+    optimizer = torch.optim.SGD(probe.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    for x, y in batches[:probe_steps]:
+        optimizer.zero_grad(set_to_none=True)
+        F.nll_loss(probe(x.contiguous(memory_format=layout)), y).backward()
+        tally([*probe.parameters(), *(p.grad for p in probe.parameters())])
+        optimizer.step()
+    for hook in hooks:
+        hook.remove()
+    switches = {"as run": contextlib.nullcontext, "subnormals flushed to zero": flushed_subnormals,
+                "oneDNN off": lambda: torch.backends.mkldnn.flags(enabled=False)}
+    steppers = {}
+    for name in switches:
+        model = final_model(recipe).to(memory_format=layout)
+        model.load_state_dict(weights)
+        steppers[name] = _stepper(model, layout)
+        with switches[name]():
+            steppers[name](batches[:3])  # warm-up
+    times = {name: [] for name in switches}
+    for r in range(repeats):
+        for name in rotated(list(switches), r):
+            with switches[name]():
+                times[name].append(steppers[name](batches) / (len(batches) * recipe.batch_size) * TRAIN_IMAGES)
+    rows = [dict(name=name, seconds_per_epoch=round(statistics.median(t), 2), all_seconds=[round(s, 2) for s in t])
+            for name, t in times.items()]
+    # set_flush_denormal says whether this CPU can flush at all (x86 with SSE3 can)
+    return dict(probe_steps=min(probe_steps, len(batches)), subnormal_values=counts[0], values_checked=counts[1],
+                flush_supported=torch.set_flush_denormal(False), steps=rows)
+
+
 def run_levers(data_dir=REPO / "data", count: int = 3200, repeats: int = 5, eval_repeats: int = 5,
-               compile_too: bool = True, out=REPO / "results" / "levers.json") -> dict:
+               compile_too: bool = True, out=REPO / "results" / "levers.json",
+               weights=REPO / "results" / "05_final.pt2") -> dict:
     if min(count, repeats, eval_repeats) < 1 or count < max(BATCH_SIZES):
         raise ValueError(f"count must be at least {max(BATCH_SIZES)} images, repeats and eval_repeats >= 1")
+    if not Path(weights).is_file():
+        raise ValueError(f"no trained final at {weights}: run the final notebook (make run) first")
     load_before = os.getloadavg()[0]  # what else the machine was doing as the timings began
     torch.set_num_threads(1)
     recipe = final_recipe()
@@ -148,6 +222,10 @@ def run_levers(data_dir=REPO / "data", count: int = 3200, repeats: int = 5, eval
     report["evaluation"] = evaluation_passes(recipe, images, labels, eval_repeats, data_dir)
     print("evaluation: " + ", ".join(f"{p['name']} {p['seconds']:.2f} s" for p in report["evaluation"]["passes"])
           + f"; chunked outputs the same bits: {report['evaluation']['same_outputs']}", flush=True)
+    report["kernels"] = kernel_switches(recipe, images, labels, count, repeats, torch.export.load(weights).state_dict)
+    k = report["kernels"]
+    print(f"kernels: {k['subnormal_values']} subnormal values in {k['values_checked']:,}; "
+          + ", ".join(f"{r['name']} {r['seconds_per_epoch']:.1f} s/epoch" for r in k["steps"]), flush=True)
     if compile_too:
         report["compile"] = compiled_steps(recipe, images, labels, count, repeats)
         c = report["compile"]
@@ -163,7 +241,7 @@ def run_levers(data_dir=REPO / "data", count: int = 3200, repeats: int = 5, eval
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="What a training step's cost follows: batch size, "
-                                     "torch.compile, the evaluation passes.")
+                                     "torch.compile, the evaluation passes, kernel switches.")
     parser.add_argument("--images", type=int, default=3200, help="training images per timing")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (its compilation takes a while)")

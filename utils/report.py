@@ -195,6 +195,7 @@ def attempts_table(results_dir: Path) -> str:
 FINAL_RUN_GOAL_S = 5 * 60    # the final's 15-epoch run, one thread, an otherwise idle 2-core machine
 SPEEDUP_GOAL, SPEEDUP_AIM = 1.5, 2.0  # the adopted path over the recorded one, per epoch, side by side
 MAIN_JOB_GOAL_MIN = 15       # make run on 2 cores
+LANE_RUN_GOAL_S = 9 * 60     # the final's run beside another (a study's two lanes on 2 cores)
 
 
 def one_thread_runs(b: dict) -> tuple[dict | None, dict | None]:
@@ -363,6 +364,16 @@ def levers_table(path: Path) -> str:
              f"recorded (measuring, then testing twice in whole batches: the measured and the kept reading), "
              f"{after:.2f} s now (measuring, then one test in chunks; `test_kept_bn` off): "
              f"{before - after:.2f} s an epoch, {MAX_EPOCHS * (before - after):.0f} s over {MAX_EPOCHS} epochs."]
+    if v.get("kernels"):
+        k = v["kernels"]
+        steps = {r["name"]: r["seconds_per_epoch"] for r in k["steps"]}
+        as_run = steps["as run"]
+        rows += ["", "Kernel switches, training steps from the final's trained weights (`results/05_final.pt2`): "
+                 f"its first {k['probe_steps']} steps met **{k['subnormal_values']:,} subnormal values** among "
+                 f"{k['values_checked']:,} (activations, weights and gradients)"
+                 + ("" if k["flush_supported"] else "; this CPU cannot flush them") + ".", "",
+                 "| steps | s/epoch | against as run |", "|---|--:|--:|"]
+        rows += [f"| {name} | {seconds:.1f} | {as_run / seconds:.2f}× |" for name, seconds in steps.items()]
     return "\n".join(rows)
 
 
@@ -379,6 +390,43 @@ def main_job_line(path: Path) -> str:
             f"on {m['machine']}, {m['jobs']} notebooks at a time with {m['threads_per_notebook']} thread(s) each "
             f"({per}). Goal ≤ {MAIN_JOB_GOAL_MIN} minutes: {verdict}."
             + (f" Note: {m['note']}" if m.get("note") else ""))
+
+
+def goals_table(results_dir: Path) -> str:
+    """The speed goals against the figures that answer them, each read from the file that holds it."""
+    met = lambda ok: "met" if ok else "**not met**"  # noqa: E731
+    rows = ["| goal | measured | from | |", "|---|---|---|---|"]
+    bench_path = results_dir / "bench.json"
+    if bench_path.exists():
+        b = load_results(bench_path)
+        adopted = next(r for r in b["phases"]["final"]["paths"] if r["path"] == "adopted")["speedup"]
+        rows.append(f"| an epoch of the final ≥ {SPEEDUP_GOAL}× faster on the adopted path than on the recorded "
+                    f"one, side by side (aim {SPEEDUP_AIM}×) | {adopted:.2f}× | `bench.json` | "
+                    f"{met(adopted >= SPEEDUP_GOAL)} (aim {'met' if adopted >= SPEEDUP_AIM else 'not met'}) |")
+        run, _ = one_thread_runs(b)
+        if run:
+            seconds = run["wall_seconds"]
+            rows.append(f"| the final's 15 epochs ≤ {FINAL_RUN_GOAL_S // 60} minutes, one thread, nothing else "
+                        f"running | {seconds / 60:.1f} minutes ({seconds / FINAL_RUN_GOAL_S:.1f}× the goal) | "
+                        f"`bench.json` | {met(seconds <= FINAL_RUN_GOAL_S)} |")
+    studies = [load_results(results_dir / f"{name}.json") for name in ("seeds", "heldout")
+               if (results_dir / f"{name}.json").exists()]
+    lane = [r["seconds"] for s in studies if s["jobs"] == 2 for r in s["runs"]
+            if r["status"] == "ok" and not r.get("resumed")]
+    if lane:
+        within = sum(t <= LANE_RUN_GOAL_S for t in lane)
+        rows.append(f"| the final's run ≤ {LANE_RUN_GOAL_S // 60} minutes in a lane beside another | "
+                    f"{min(lane) / 60:.1f}–{max(lane) / 60:.1f} minutes, median {statistics.median(lane) / 60:.1f} "
+                    f"({within} of {len(lane)} runs within; notebook start included; a study of an odd number of runs "
+                    f"ends with one mostly alone) | `seeds.json`, `heldout.json` (`--jobs 2`) | "
+                    f"{met(within == len(lane))} |")
+    job_path = results_dir / "main_job.json"
+    if job_path.exists():
+        m = load_results(job_path)
+        rows.append(f"| `make run` ≤ {MAIN_JOB_GOAL_MIN} minutes on 2 cores | {m['wall_seconds'] / 60:.1f} minutes | "
+                    f"`main_job.json` | {met(m['wall_seconds'] <= MAIN_JOB_GOAL_MIN * 60)} |")
+    none = "_No timings saved yet: run `make bench`, `make seeds` and `make run`._"
+    return "\n".join(rows) if len(rows) > 2 else none
 
 
 def generated_blocks(results_dir: Path) -> dict[str, dict[str, Callable[[], str]]]:
@@ -403,6 +451,7 @@ def generated_blocks(results_dir: Path) -> dict[str, dict[str, Callable[[], str]
             "attempts": lambda: attempts_table(results_dir),
         },
         "docs/performance.md": {
+            "goals": lambda: goals_table(results_dir),
             "performance": lambda: performance_table(results_dir / "bench.json"),
             "performance-cuda": lambda: performance_table(
                 results_dir / "bench_cuda.json",
