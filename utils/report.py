@@ -47,14 +47,14 @@ def replace_between(text: str, marker: str, body: str) -> str:
 def result_block(res: dict) -> str:
     s = res["summary"]
     last = ", ".join(f"{a:.2f}" for a in s["last_test_accs"])
-    verdict = (f"**holds** the {BAR:.2f} % bar" if s["holds_bar"]
+    outcome = (f"**holds** the {BAR:.2f} % bar" if s["holds_bar"]
                else f"does **not** hold the {BAR:.2f} % bar")
     return "\n".join([
         f"- Parameters: **{res['params']:,}**; epochs run: **{s['epochs']}**",
         f"- Best train accuracy: **{s['best_train_acc']:.2f} %**; best test accuracy: "
         f"**{s['best_test_acc']:.2f} %**",
         f"- Test accuracy in the last {len(s['last_test_accs'])} epochs: {last} — minimum "
-        f"**{s['last_min_test_acc']:.2f} %**, so this run {verdict}",
+        f"**{s['last_min_test_acc']:.2f} %**, so this run {outcome}",
         f"- Trained on: {res.get('machine', 'unknown')}, {s['seconds']:.0f} s of training",
     ])
 
@@ -198,6 +198,11 @@ MAIN_JOB_GOAL_MIN = 15       # make run on 2 cores
 LANE_RUN_GOAL_S = 9 * 60     # the final's run beside another (a study's two lanes on 2 cores)
 
 
+def verdict(ok: bool) -> str:
+    """How the pages say whether a goal is reached: a miss stands out."""
+    return "met" if ok else "**not met**"
+
+
 def one_thread_runs(b: dict) -> tuple[dict | None, dict | None]:
     """The benchmark's one-thread full runs of the final: (adopted path, recorded path), None where missing."""
     by_path = {(r["memory_format"], r["threads"]): r for r in b.get("full_runs") or []}
@@ -235,7 +240,6 @@ def performance_table(path: Path, missing: str = "_No benchmark saved yet: run `
         return missing
     b = load_results(path)
     device_type = b["device"].split(":")[0]
-    verdict = lambda ok: "met" if ok else "**not met**"  # noqa: E731
     model = f"`{b['model']}`, {b['params']:,} parameters" if "params" in b else "the final model"
     rows = [f"Measured on {b['machine']}, torch {b['torch']}, device `{b['device']}`, one thread unless said; "
             f"{model}, batch size {b['batch_size']}, {b['augmentation']}."]
@@ -383,18 +387,16 @@ def main_job_line(path: Path) -> str:
         return "_No main job timing saved yet: run `make run`._"
     m = load_results(path)
     per = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in m["notebooks"].items())
-    verdict = "met" if m["wall_seconds"] <= MAIN_JOB_GOAL_MIN * 60 else "**not met**"
     final = (f", the final being `{m['final']['arch']}` ({m['final']['params']:,} parameters)"
              if m.get("final") else "")
     return (f"Last full `make run`: all five notebooks{final}, **{m['wall_seconds'] / 60:.1f} minutes** wall time "
             f"on {m['machine']}, {m['jobs']} notebooks at a time with {m['threads_per_notebook']} thread(s) each "
-            f"({per}). Goal ≤ {MAIN_JOB_GOAL_MIN} minutes: {verdict}."
+            f"({per}). Goal ≤ {MAIN_JOB_GOAL_MIN} minutes: {verdict(m['wall_seconds'] <= MAIN_JOB_GOAL_MIN * 60)}."
             + (f" Note: {m['note']}" if m.get("note") else ""))
 
 
 def goals_table(results_dir: Path) -> str:
     """The speed goals against the figures that answer them, each read from the file that holds it."""
-    met = lambda ok: "met" if ok else "**not met**"  # noqa: E731
     rows = ["| goal | measured | from | |", "|---|---|---|---|"]
     bench_path = results_dir / "bench.json"
     if bench_path.exists():
@@ -402,13 +404,13 @@ def goals_table(results_dir: Path) -> str:
         adopted = next(r for r in b["phases"]["final"]["paths"] if r["path"] == "adopted")["speedup"]
         rows.append(f"| an epoch of the final ≥ {SPEEDUP_GOAL}× faster on the adopted path than on the recorded "
                     f"one, side by side (aim {SPEEDUP_AIM}×) | {adopted:.2f}× | `bench.json` | "
-                    f"{met(adopted >= SPEEDUP_GOAL)} (aim {'met' if adopted >= SPEEDUP_AIM else 'not met'}) |")
+                    f"{verdict(adopted >= SPEEDUP_GOAL)} (aim {'met' if adopted >= SPEEDUP_AIM else 'not met'}) |")
         run, _ = one_thread_runs(b)
         if run:
             seconds = run["wall_seconds"]
             rows.append(f"| the final's 15 epochs ≤ {FINAL_RUN_GOAL_S // 60} minutes, one thread, nothing else "
                         f"running | {seconds / 60:.1f} minutes ({seconds / FINAL_RUN_GOAL_S:.1f}× the goal) | "
-                        f"`bench.json` | {met(seconds <= FINAL_RUN_GOAL_S)} |")
+                        f"`bench.json` | {verdict(seconds <= FINAL_RUN_GOAL_S)} |")
     studies = [load_results(results_dir / f"{name}.json") for name in ("seeds", "heldout")
                if (results_dir / f"{name}.json").exists()]
     lane = [r["seconds"] for s in studies if s["jobs"] == 2 for r in s["runs"]
@@ -419,12 +421,12 @@ def goals_table(results_dir: Path) -> str:
                     f"{min(lane) / 60:.1f}–{max(lane) / 60:.1f} minutes, median {statistics.median(lane) / 60:.1f} "
                     f"({within} of {len(lane)} runs within; notebook start included; a study of an odd number of runs "
                     f"ends with one mostly alone) | `seeds.json`, `heldout.json` (`--jobs 2`) | "
-                    f"{met(within == len(lane))} |")
+                    f"{verdict(within == len(lane))} |")
     job_path = results_dir / "main_job.json"
     if job_path.exists():
         m = load_results(job_path)
         rows.append(f"| `make run` ≤ {MAIN_JOB_GOAL_MIN} minutes on 2 cores | {m['wall_seconds'] / 60:.1f} minutes | "
-                    f"`main_job.json` | {met(m['wall_seconds'] <= MAIN_JOB_GOAL_MIN * 60)} |")
+                    f"`main_job.json` | {verdict(m['wall_seconds'] <= MAIN_JOB_GOAL_MIN * 60)} |")
     none = "_No timings saved yet: run `make bench`, `make seeds` and `make run`._"
     return "\n".join(rows) if len(rows) > 2 else none
 
